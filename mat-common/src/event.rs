@@ -1,0 +1,34 @@
+//! Events the data plane sends to the control plane through the ring buffer.
+
+/// What an [`Event`] reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A VM's ARP showed a new IPv4 address for its inside MAC (`ipv4` holds it).
+    Learned = 1,
+    /// The first frame from a binding flagged [`crate::maps::BINDING_ANNOUNCE`]: the VM runs.
+    Active = 2,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// An [`EventKind`] as u32.
+    pub kind: u32,
+    pub ifindex: u32,
+    /// The VM's inside MAC.
+    pub mac: crate::MacAddr,
+    pub _pad: [u8; 2],
+    /// IPv4 address in network order (zero for `Active`).
+    pub ipv4: [u8; 4],
+}
+
+impl Event {
+    pub fn kind(&self) -> Option<EventKind> {
+        match self.kind {
+            1 => Some(EventKind::Learned),
+            2 => Some(EventKind::Active),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! MAT's kernel programs. Every program is a thin entry that runs one of the two shared rule sets
+//! ([`rules::from_vm`], [`rules::to_vm`]) over its context and counts the outcome.
+#![no_std]
+#![no_main]
+
+mod frame;
+mod mac;
+mod maps;
+mod parse;
+mod rules;
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use frame::{Frame, Tc, Xdp};
+use mat_common::{
+    counters::{Hook, Outcome},
+    maps::UPLINK_IFINDEX,
+};
+use rules::Mode;
+
+/// Frames from a VM, at the TC ingress of its port (the default).
+#[classifier]
+pub fn port_from_vm(ctx: TcContext) -> i32 {
+    let mut f = Tc(ctx);
+    let ifindex = f.ifindex();
+    tc_verdict(
+        Hook::PortFromVmTc,
+        rules::from_vm(&mut f, ifindex, Mode::Port),
+    )
+}
+
+/// Frames to a VM, at the TC egress of its port.
+#[classifier]
+pub fn port_to_vm(ctx: TcContext) -> i32 {
+    let mut f = Tc(ctx);
+    let ifindex = f.ifindex();
+    tc_verdict(Hook::PortToVmTc, rules::to_vm(&mut f, ifindex, Mode::Port))
+}
+
+/// Frames from a VM, in XDP on its port (an explicit option: native XDP on a veth turns off TSO
+/// on its peer).
+#[xdp]
+pub fn port_from_vm_xdp(ctx: XdpContext) -> u32 {
+    let mut f = Xdp(ctx);
+    let ifindex = f.ifindex();
+    xdp_verdict(
+        Hook::PortFromVmXdp,
+        rules::from_vm(&mut f, ifindex, Mode::Port),
+    )
+}
+
+/// Frames towards the network, at the TC egress of the uplink; keyed by MAC only.
+#[classifier]
+pub fn uplink_out(ctx: TcContext) -> i32 {
+    let mut f = Tc(ctx);
+    tc_verdict(
+        Hook::UplinkOutTc,
+        rules::from_vm(&mut f, UPLINK_IFINDEX, Mode::Uplink),
+    )
+}
+
+/// Frames from the network, in XDP on the uplink; keyed by MAC only.
+#[xdp]
+pub fn uplink_in(ctx: XdpContext) -> u32 {
+    let mut f = Xdp(ctx);
+    xdp_verdict(
+        Hook::UplinkInXdp,
+        rules::to_vm(&mut f, UPLINK_IFINDEX, Mode::Uplink),
+    )
+}
+
+#[inline(always)]
+fn tc_verdict(hook: Hook, outcome: Outcome) -> i32 {
+    maps::count(hook, outcome);
+    if outcome.drops() {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_OK
+    }
+}
+
+#[inline(always)]
+fn xdp_verdict(hook: Hook, outcome: Outcome) -> u32 {
+    maps::count(hook, outcome);
+    if outcome.drops() {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

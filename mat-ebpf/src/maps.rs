@@ -1,0 +1,116 @@
+//! The maps, pinned by name so the data plane outlives the process that loaded it. Layouts come
+//! from mat-common.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use mat_common::{
+    counters::{self, Hook, Outcome},
+    event::{Event, EventKind},
+    maps::{Binding, BindingKey, BINDING_ANNOUNCE, EVENTS_BYTES, MAX_BINDINGS, MAX_LEARNED},
+    pool::{Pools, MAX_POOLS},
+};
+
+use crate::mac::Mac;
+
+#[map(name = "MAT_FROM_VM")]
+static FROM_VM: HashMap<BindingKey, Binding> = HashMap::pinned(MAX_BINDINGS, 0);
+
+#[map(name = "MAT_TO_VM")]
+static TO_VM: HashMap<BindingKey, Binding> = HashMap::pinned(MAX_BINDINGS, 0);
+
+#[map(name = "MAT_POOLS")]
+static POOLS: Array<Pools> = Array::pinned(1, 0);
+
+#[map(name = "MAT_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::ENTRIES, 0);
+
+#[map(name = "MAT_LEARNED")]
+static LEARNED: HashMap<BindingKey, [u8; 4]> = HashMap::pinned(MAX_LEARNED, 0);
+
+#[map(name = "MAT_EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[inline(always)]
+pub fn count(hook: Hook, outcome: Outcome) {
+    if let Some(c) = COUNTERS.get_ptr_mut(counters::index(hook, outcome)) {
+        // SAFETY: a per-CPU slot; no other writer on this CPU while the program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+/// The translation of `mac` on `ifindex` from the VM, if bound.
+#[inline(always)]
+pub fn from_vm(ifindex: u32, mac: Mac) -> Option<*mut Binding> {
+    FROM_VM.get_ptr_mut(mac.key(ifindex))
+}
+
+/// The translation of `mac` on `ifindex` towards the VM, if bound.
+#[inline(always)]
+pub fn to_vm(ifindex: u32, mac: Mac) -> Option<*const Binding> {
+    TO_VM.get_ptr(mac.key(ifindex))
+}
+
+/// Whether `mac` lies inside an outside pool. A fixed number of mask compares, no scan of
+/// bindings.
+#[inline(always)]
+pub fn in_pool(mac: Mac) -> bool {
+    let Some(pools) = POOLS.get(0) else {
+        return false;
+    };
+    let count = pools.count as usize;
+    for i in 0..MAX_POOLS {
+        if i >= count {
+            break;
+        }
+        let p = &pools.prefixes[i];
+        // SAFETY: both fields are 6-byte arrays inside the map value.
+        let (prefix, mask) = unsafe { (Mac::read(p.prefix.as_ptr()), Mac::read(p.mask.as_ptr())) };
+        if mac.masked_eq(mask, prefix) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The binding's first frame since attach: clear the flag and tell the control plane the VM runs.
+#[inline(always)]
+pub fn announce_if_pending(b: *mut Binding, ifindex: u32, inside: Mac) {
+    // SAFETY: `b` points into a map value for this program's run.
+    unsafe {
+        if (*b).flags & BINDING_ANNOUNCE == 0 {
+            return;
+        }
+        (*b).flags &= !BINDING_ANNOUNCE;
+    }
+    notify(EventKind::Active, ifindex, inside, [0; 4]);
+}
+
+/// Records the IPv4 address a VM claims for its inside MAC; a new or changed one raises an event.
+#[inline(always)]
+pub fn learn(ifindex: u32, inside: Mac, ipv4: [u8; 4]) {
+    let key = inside.key(ifindex);
+    // SAFETY: read-only look at a map value.
+    if unsafe { LEARNED.get(&key) } == Some(&ipv4) {
+        return;
+    }
+    if LEARNED.insert(&key, &ipv4, 0).is_ok() {
+        notify(EventKind::Learned, ifindex, inside, ipv4);
+    }
+}
+
+#[inline(always)]
+fn notify(kind: EventKind, ifindex: u32, inside: Mac, ipv4: [u8; 4]) {
+    let mut event = Event {
+        kind: kind as u32,
+        ifindex,
+        mac: [0; 6],
+        _pad: [0; 2],
+        ipv4,
+    };
+    // SAFETY: `event.mac` is 6 bytes.
+    unsafe { inside.write(event.mac.as_mut_ptr()) };
+    // A full ring loses the event; the control plane also reads the learned map.
+    let _ = EVENTS.output::<Event>(&event, 0);
+}

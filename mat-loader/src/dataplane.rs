@@ -1,0 +1,350 @@
+//! The loaded object and everything pinned with it: maps, and one link per attached program.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::{self, TcAttachOptions},
+        ProgramFd, SchedClassifier, Xdp, XdpFlags,
+    },
+    util::KernelVersion,
+    Ebpf, EbpfLoader,
+};
+use mat_common::{
+    counters::{self, Hook, Outcome, HOOKS, OUTCOMES},
+    maps::{self as names, Binding, BindingKey},
+    pool::{PoolPrefix, Pools, MAX_POOLS},
+    MacAddr,
+};
+
+use crate::{
+    bpffs,
+    program::{Hookpoint, Mode, Program},
+    Error,
+};
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl Dataplane {
+    /// Loads the object, reusing the maps pinned under `pin_dir` (creating and pinning them the
+    /// first time). Programs already attached keep running throughout.
+    pub fn open(pin_dir: impl AsRef<Path>) -> Result<Self, Error> {
+        let pin_dir = pin_dir.as_ref().to_owned();
+        bpffs::ensure(&pin_dir.join("links"))?;
+        let ebpf = EbpfLoader::new()
+            .map_pin_path(&pin_dir)
+            .load(crate::OBJECT)?;
+        Ok(Self { ebpf, pin_dir })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The program, loaded into the kernel (once) but not attached.
+    pub fn program(&mut self, p: Program) -> Result<&ProgramFd, Error> {
+        let prog = self
+            .ebpf
+            .program_mut(p.name())
+            .unwrap_or_else(|| panic!("object lacks program {}", p.name()));
+        if prog.fd().is_err() {
+            match p.hookpoint() {
+                Hookpoint::Tc(_) => <&mut SchedClassifier>::try_from(&mut *prog)?.load()?,
+                Hookpoint::Xdp => <&mut Xdp>::try_from(&mut *prog)?.load()?,
+            }
+        }
+        Ok(prog.fd()?)
+    }
+
+    /// Instructions the verifier processed for the program (loading it if needed).
+    pub fn verified_instructions(&mut self, p: Program) -> Result<Option<u32>, Error> {
+        self.program(p)?;
+        let prog = self.ebpf.program(p.name()).expect("loaded above");
+        Ok(prog.info()?.verified_instruction_count())
+    }
+
+    /// Attaches `mode`'s programs to `ifname` and pins the links. Idempotent: a program already
+    /// attached there stays as it is, so a restarted control plane causes no gap.
+    pub fn attach(&mut self, ifname: &str, mode: Mode) -> Result<(), Error> {
+        let ifindex = ifindex(ifname)?;
+        let wanted = mode.programs();
+        if let Some(other) = self
+            .attached(ifindex)
+            .into_iter()
+            .find(|p| !wanted.contains(p))
+        {
+            return Err(Error::ModeConflict {
+                ifname: ifname.to_owned(),
+                attached: other.name(),
+            });
+        }
+        for p in wanted {
+            let pin = self.link_pin(ifindex, p);
+            if pin.exists() {
+                continue;
+            }
+            self.program(p)?;
+            let prog = self.ebpf.program_mut(p.name()).expect("loaded above");
+            let link: FdLink = match p.hookpoint() {
+                Hookpoint::Tc(at) if tcx_available() => {
+                    let tc = <&mut SchedClassifier>::try_from(prog)?;
+                    let id = tc.attach_with_options(
+                        ifname,
+                        at,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )?;
+                    tc.take_link(id)?.try_into()?
+                }
+                Hookpoint::Tc(at) => {
+                    // Before TCX (Linux 6.6): a clsact filter, which stays attached by itself and
+                    // is found again by name on detach.
+                    let _ = tc::qdisc_add_clsact(ifname);
+                    let tc = <&mut SchedClassifier>::try_from(prog)?;
+                    let id = tc.attach(ifname, at)?;
+                    std::mem::forget(tc.take_link(id)?);
+                    continue;
+                }
+                Hookpoint::Xdp => {
+                    let xdp = <&mut Xdp>::try_from(prog)?;
+                    let id = xdp.attach(ifname, XdpFlags::default())?;
+                    xdp.take_link(id)?.try_into()?
+                }
+            };
+            link.pin(&pin)?;
+            tracing::info!(ifname, ifindex, program = p.name(), "attached");
+        }
+        Ok(())
+    }
+
+    /// Detaches every MAT program from the interface with this index.
+    pub fn detach(&mut self, ifindex: u32) -> Result<(), Error> {
+        for p in Program::ALL {
+            let pin = self.link_pin(ifindex, p);
+            if pin.exists() {
+                // Dropping the last reference to the link detaches the program.
+                drop(PinnedLink::from_pin(&pin)?.unpin()?);
+                tracing::info!(ifindex, program = p.name(), "detached");
+            } else if let (Hookpoint::Tc(at), false) = (p.hookpoint(), tcx_available()) {
+                if let Ok(name) = nix::net::if_::if_indextoname(ifindex) {
+                    let _ = tc::qdisc_detach_program(&name.to_string_lossy(), at, p.name());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The programs attached to the interface with this index (by their pinned links).
+    pub fn attached(&self, ifindex: u32) -> Vec<Program> {
+        Program::ALL
+            .into_iter()
+            .filter(|&p| self.link_pin(ifindex, p).exists())
+            .collect()
+    }
+
+    /// Interfaces with pinned links, as (ifindex, program).
+    pub fn links(&self) -> Result<Vec<(u32, Program)>, Error> {
+        let mut links = Vec::new();
+        for entry in std::fs::read_dir(self.pin_dir.join("links"))? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            let parsed = name.split_once('-').and_then(|(i, p)| {
+                let p = Program::ALL.into_iter().find(|q| q.name() == p)?;
+                Some((i.parse().ok()?, p))
+            });
+            links.extend(parsed);
+        }
+        Ok(links)
+    }
+
+    fn link_pin(&self, ifindex: u32, p: Program) -> PathBuf {
+        self.pin_dir
+            .join("links")
+            .join(format!("{ifindex}-{}", p.name()))
+    }
+
+    /// Binds `inside <-> outside` on a port (or on the uplink with
+    /// [`mat_common::maps::UPLINK_IFINDEX`]). The return path goes in first, so the outside MAC
+    /// works as soon as it can appear on the wire.
+    pub fn bind(
+        &mut self,
+        ifindex: u32,
+        inside: MacAddr,
+        outside: MacAddr,
+        flags: u16,
+    ) -> Result<(), Error> {
+        self.bindings_mut(names::TO_VM)?.insert(
+            BindingKey::new(ifindex, outside),
+            Binding::new(inside, 0),
+            0,
+        )?;
+        self.bindings_mut(names::FROM_VM)?.insert(
+            BindingKey::new(ifindex, inside),
+            Binding::new(outside, flags),
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Removes a binding and what was learned for it; missing entries are not an error.
+    pub fn unbind(&mut self, ifindex: u32, inside: MacAddr, outside: MacAddr) -> Result<(), Error> {
+        let ignore_missing = |r: Result<(), aya::maps::MapError>| match r {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            r => r,
+        };
+        ignore_missing(
+            self.bindings_mut(names::FROM_VM)?
+                .remove(&BindingKey::new(ifindex, inside)),
+        )?;
+        ignore_missing(
+            self.bindings_mut(names::TO_VM)?
+                .remove(&BindingKey::new(ifindex, outside)),
+        )?;
+        let mut learned: HashMap<_, BindingKey, [u8; 4]> =
+            HashMap::try_from(self.map_mut(names::LEARNED))?;
+        ignore_missing(learned.remove(&BindingKey::new(ifindex, inside)))?;
+        Ok(())
+    }
+
+    /// The from-VM bindings: (port, inside) -> outside.
+    pub fn bindings(&self) -> Result<Vec<(BindingKey, Binding)>, Error> {
+        let map: HashMap<_, BindingKey, Binding> = HashMap::try_from(self.map(names::FROM_VM))?;
+        Ok(map.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// The to-VM bindings: (port, outside) -> inside.
+    pub fn reverse_bindings(&self) -> Result<Vec<(BindingKey, Binding)>, Error> {
+        let map: HashMap<_, BindingKey, Binding> = HashMap::try_from(self.map(names::TO_VM))?;
+        Ok(map.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Sets the outside pools the spoof check drops from VM ports.
+    pub fn set_pools(&mut self, pools: &[PoolPrefix]) -> Result<(), Error> {
+        if pools.len() > MAX_POOLS {
+            return Err(Error::TooManyPools {
+                max: MAX_POOLS,
+                got: pools.len(),
+            });
+        }
+        let mut value = Pools {
+            count: pools.len() as u32,
+            ..Default::default()
+        };
+        value.prefixes[..pools.len()].copy_from_slice(pools);
+        let mut map: Array<_, Pools> = Array::try_from(self.map_mut(names::POOLS))?;
+        map.set(0, value, 0)?;
+        Ok(())
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, Error> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(names::COUNTERS))?;
+        let mut c = Counters::default();
+        for (h, hook) in HOOKS.into_iter().enumerate() {
+            for (o, outcome) in OUTCOMES.into_iter().enumerate() {
+                c.0[h][o] = map.get(&counters::index(hook, outcome), 0)?.iter().sum();
+            }
+        }
+        Ok(c)
+    }
+
+    /// IPv4 addresses learned from the VMs' ARP, by (port, inside MAC).
+    pub fn learned(&self) -> Result<Vec<(BindingKey, Ipv4Addr)>, Error> {
+        let map: HashMap<_, BindingKey, [u8; 4]> = HashMap::try_from(self.map(names::LEARNED))?;
+        map.iter()
+            .map(|r| r.map(|(k, ip)| (k, Ipv4Addr::from(ip))).map_err(Into::into))
+            .collect()
+    }
+
+    /// The event ring buffer; one consumer at a time.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, Error> {
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .ok_or(aya::maps::MapError::InvalidName {
+                name: names::EVENTS.into(),
+            })?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Detaches everything and removes the pins: the data plane stops translating.
+    pub fn remove(mut self) -> Result<(), Error> {
+        for (ifindex, _) in self.links()? {
+            self.detach(ifindex)?;
+        }
+        for entry in std::fs::read_dir(&self.pin_dir)? {
+            let path = entry?.path();
+            if path.is_file() {
+                std::fs::remove_file(path)?;
+            }
+        }
+        std::fs::remove_dir(self.pin_dir.join("links"))?;
+        std::fs::remove_dir(&self.pin_dir)?;
+        Ok(())
+    }
+
+    fn bindings_mut(
+        &mut self,
+        name: &str,
+    ) -> Result<HashMap<&mut MapData, BindingKey, Binding>, Error> {
+        Ok(HashMap::try_from(self.map_mut(name))?)
+    }
+
+    fn map(&self, name: &str) -> &aya::maps::Map {
+        self.ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("object lacks map {name}"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> &mut aya::maps::Map {
+        self.ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("object lacks map {name}"))
+    }
+}
+
+/// Counters summed over CPUs, by hook and outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters([[u64; OUTCOMES.len()]; HOOKS.len()]);
+
+impl Counters {
+    pub fn get(&self, hook: Hook, outcome: Outcome) -> u64 {
+        self.0[hook as usize][outcome as usize]
+    }
+
+    /// What was counted since `earlier`.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut d = *self;
+        for (row, old) in d.0.iter_mut().zip(earlier.0) {
+            for (v, o) in row.iter_mut().zip(old) {
+                *v -= o;
+            }
+        }
+        d
+    }
+
+    /// Non-zero counters as (hook, outcome, value).
+    pub fn nonzero(&self) -> Vec<(Hook, Outcome, u64)> {
+        HOOKS
+            .into_iter()
+            .flat_map(|h| OUTCOMES.into_iter().map(move |o| (h, o)))
+            .map(|(h, o)| (h, o, self.get(h, o)))
+            .filter(|&(_, _, v)| v != 0)
+            .collect()
+    }
+}
+
+fn ifindex(ifname: &str) -> Result<u32, Error> {
+    nix::net::if_::if_nametoindex(ifname).map_err(|_| Error::NoInterface(ifname.to_owned()))
+}
+
+fn tcx_available() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}

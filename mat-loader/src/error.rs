@@ -1,0 +1,28 @@
+use std::{io, path::PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no interface named {0:?}")]
+    NoInterface(String),
+    #[error("{ifname} already runs {attached} in another mode; detach it first")]
+    ModeConflict {
+        ifname: String,
+        attached: &'static str,
+    },
+    #[error("at most {max} outside pools, got {got}")]
+    TooManyPools { max: usize, got: usize },
+    #[error("BPF filesystem at {path}: {source}")]
+    Bpffs { path: PathBuf, source: io::Error },
+    #[error("loading the BPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("BPF program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("BPF map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("pinning: {0}")]
+    Pin(#[from] aya::pin::PinError),
+    #[error("BPF link: {0}")]
+    Link(#[from] aya::programs::links::LinkError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}

@@ -72,6 +72,18 @@ pub fn uplink_in(ctx: XdpContext) -> u32 {
     )
 }
 
+/// Benchmark floor: an XDP program that does nothing, to subtract from MAT's per-packet cost.
+#[xdp]
+pub fn floor_xdp(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Benchmark floor: a TC program that does nothing.
+#[classifier]
+pub fn floor_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
 #[inline(always)]
 fn tc_verdict(hook: Hook, outcome: Outcome) -> i32 {
     maps::count(hook, outcome);

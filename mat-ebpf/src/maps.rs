@@ -92,10 +92,10 @@ pub fn announce_if_pending(b: *mut Binding, ifindex: u32, inside: Mac) {
 pub fn learn(ifindex: u32, inside: Mac, ipv4: [u8; 4]) {
     let key = inside.key(ifindex);
     // SAFETY: read-only look at a map value.
-    if unsafe { LEARNED.get(&key) } == Some(&ipv4) {
+    if unsafe { LEARNED.get(key) } == Some(&ipv4) {
         return;
     }
-    if LEARNED.insert(&key, &ipv4, 0).is_ok() {
+    if LEARNED.insert(key, ipv4, 0).is_ok() {
         notify(EventKind::Learned, ifindex, inside, ipv4);
     }
 }

@@ -10,6 +10,10 @@ pub enum Program {
     PortFromVmXdp,
     UplinkOut,
     UplinkIn,
+    /// Does nothing (XDP_PASS): the benchmark floor for XDP programs. Never attached.
+    FloorXdp,
+    /// Does nothing (TC_ACT_OK): the benchmark floor for TC programs. Never attached.
+    FloorTc,
 }
 
 /// Where a program hooks in.
@@ -19,6 +23,7 @@ pub(crate) enum Hookpoint {
 }
 
 impl Program {
+    /// The programs that translate.
     pub const ALL: [Program; 5] = [
         Program::PortFromVm,
         Program::PortToVm,
@@ -35,25 +40,30 @@ impl Program {
             Program::PortFromVmXdp => "port_from_vm_xdp",
             Program::UplinkOut => "uplink_out",
             Program::UplinkIn => "uplink_in",
+            Program::FloorXdp => "floor_xdp",
+            Program::FloorTc => "floor_tc",
         }
     }
 
-    /// The counters it adds to.
-    pub const fn hook(self) -> Hook {
-        match self {
+    /// The counters it adds to (none for the floors).
+    pub const fn hook(self) -> Option<Hook> {
+        Some(match self {
             Program::PortFromVm => Hook::PortFromVmTc,
             Program::PortToVm => Hook::PortToVmTc,
             Program::PortFromVmXdp => Hook::PortFromVmXdp,
             Program::UplinkOut => Hook::UplinkOutTc,
             Program::UplinkIn => Hook::UplinkInXdp,
-        }
+            Program::FloorXdp | Program::FloorTc => return None,
+        })
     }
 
     pub(crate) const fn hookpoint(self) -> Hookpoint {
         match self {
             Program::PortFromVm => Hookpoint::Tc(TcAttachType::Ingress),
-            Program::PortToVm | Program::UplinkOut => Hookpoint::Tc(TcAttachType::Egress),
-            Program::PortFromVmXdp | Program::UplinkIn => Hookpoint::Xdp,
+            Program::PortToVm | Program::UplinkOut | Program::FloorTc => {
+                Hookpoint::Tc(TcAttachType::Egress)
+            }
+            Program::PortFromVmXdp | Program::UplinkIn | Program::FloorXdp => Hookpoint::Xdp,
         }
     }
 }

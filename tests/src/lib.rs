@@ -1,4 +1,6 @@
 //! Shared pieces of MAT's end-to-end tests: guards for what a test creates in the kernel, frame
 //! builders, and a model of the translation rules.
 
+pub mod frames;
+pub mod netns;
 pub mod pins;

@@ -1,1 +1,97 @@
-fn main() {}
+//! `cargo xtask <task>`: what cargo alone cannot do.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "MAT's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need, where missing (idempotent).
+    Setup,
+    /// Set up, build, check formatting and lints, and run every test (as root).
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, `--nocapture`, ...).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test { args } => test(&args),
+    }
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup::run()?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the tests load BPF programs and create network namespaces: run as root");
+    }
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    // The default members are the host crates; the kernel crate is linted for its own target.
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    nightly_cargo(&[
+        "clippy",
+        "--package",
+        "mat-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let mut test = vec!["test", "--no-fail-fast", "--"];
+    test.extend(args.iter().map(String::as_str));
+    cargo(&test)
+}
+
+/// Runs the nightly toolchain's cargo with `args` in the workspace.
+fn nightly_cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new("rustup")
+        .args(["run", "nightly", "cargo"])
+        .args(args)
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .current_dir(workspace())
+        .status()
+        .context("running rustup")?;
+    if !status.success() {
+        bail!("cargo +nightly {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs cargo (the one running xtask) with `args` in the workspace.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace())
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+pub fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}

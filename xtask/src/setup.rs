@@ -1,0 +1,108 @@
+//! The toolchain and tools on a fresh Debian 12 machine, each checked first and installed only
+//! when missing.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages the build and the tests need, by the command that shows each is present.
+const PACKAGES: &[(&str, &str)] = &[
+    // bpf-linker links against LLVM 22, rustc's own LLVM.
+    ("llvm-22-dev", "/usr/lib/llvm-22/bin/llvm-config"),
+    ("libpolly-22-dev", "/usr/lib/llvm-22/lib/libPolly.a"),
+    // End-to-end tests ping between namespaces.
+    ("iputils-ping", "/usr/bin/ping"),
+];
+
+pub fn run() -> Result<()> {
+    rust_src()?;
+    packages()?;
+    bpf_linker()
+}
+
+fn rust_src() -> Result<()> {
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    println!("setup: adding rust-src to the nightly toolchain");
+    status(
+        "rustup",
+        &["component", "add", "rust-src", "--toolchain", "nightly"],
+    )
+}
+
+fn packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, path)| !std::path::Path::new(path).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: installing {}", missing.join(" "));
+    status("apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    status("apt-get", &args)
+}
+
+fn bpf_linker() -> Result<()> {
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return Ok(());
+    }
+    println!("setup: building bpf-linker against LLVM 22 (about a minute)");
+    let path = format!(
+        "/usr/lib/llvm-22/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let ok = Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            "0.13.0",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+        .env("PATH", path)
+        .status()
+        .context("running cargo install")?
+        .success();
+    if !ok {
+        bail!("cargo install bpf-linker failed");
+    }
+    Ok(())
+}
+
+fn status(program: &str, args: &[&str]) -> Result<()> {
+    let ok = Command::new(program)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .with_context(|| format!("running {program}"))?
+        .success();
+    if !ok {
+        bail!("{program} {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

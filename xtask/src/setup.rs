@@ -5,6 +5,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+mod libvirt;
+
 /// Debian packages the build and the tests need, by the command that shows each is present.
 const PACKAGES: &[(&str, &str)] = &[
     // bpf-linker links against LLVM 22, rustc's own LLVM.
@@ -17,6 +19,7 @@ const PACKAGES: &[(&str, &str)] = &[
 pub fn run() -> Result<()> {
     rust_src()?;
     packages()?;
+    libvirt::run()?;
     bpf_linker()
 }
 
@@ -86,7 +89,7 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
-fn status(program: &str, args: &[&str]) -> Result<()> {
+pub(crate) fn status(program: &str, args: &[&str]) -> Result<()> {
     let ok = Command::new(program)
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")

@@ -2,5 +2,6 @@
 //! builders, and a model of the translation rules.
 
 pub mod frames;
+pub mod guest;
 pub mod netns;
 pub mod pins;

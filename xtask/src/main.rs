@@ -1,5 +1,7 @@
 //! `cargo xtask <task>`: what cargo alone cannot do.
 
+#[cfg(feature = "bench")]
+mod bench;
 mod setup;
 
 use std::process::Command;
@@ -24,13 +26,44 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure per-packet cost, throughput against the alternatives, and control-plane rates
+    /// (as root); prints a table and writes target/bench/bench.json.
+    Bench {
+        /// Fewer repeats and shorter runs: under two minutes.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Test { args } => test(&args),
+        Task::Bench { quick } => bench(quick),
     }
+}
+
+/// The benchmark needs the loader, so it runs in an xtask built with the `bench` feature, once
+/// setup has installed what building the loader takes.
+#[cfg(not(feature = "bench"))]
+fn bench(quick: bool) -> Result<()> {
+    setup::run()?;
+    let mut args = vec![
+        "run",
+        "--quiet",
+        "--package",
+        "xtask",
+        "--features",
+        "bench",
+        "--",
+    ];
+    args.extend(["bench"].into_iter().chain(quick.then_some("--quick")));
+    cargo(&args)
+}
+
+#[cfg(feature = "bench")]
+fn bench(quick: bool) -> Result<()> {
+    bench::run(quick)
 }
 
 fn test(args: &[String]) -> Result<()> {
@@ -40,7 +73,15 @@ fn test(args: &[String]) -> Result<()> {
     }
     cargo(&["fmt", "--all", "--", "--check"])?;
     // The default members are the host crates; the kernel crate is linted for its own target.
-    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--all-targets",
+        "--features",
+        "xtask/bench",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     nightly_cargo(&[
         "clippy",
         "--package",

@@ -1,7 +1,10 @@
 //! Shared pieces of MAT's end-to-end tests: guards for what a test creates in the kernel, frame
 //! builders, and a model of the translation rules.
 
+pub mod capture;
 pub mod frames;
 pub mod guest;
 pub mod netns;
 pub mod pins;
+pub mod tap;
+pub mod topology;

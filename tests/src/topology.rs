@@ -1,0 +1,416 @@
+//! A hypervisor lab built from network namespaces, for end-to-end tests and benchmarks:
+//!
+//! ```text
+//!  VM 0 ns            hypervisor ns ("hv")                        peer ns (beyond the uplink)
+//!  [vm.ifname] ==veth== [vm.port] --+
+//!  VM 1 ns                          +-- [bridge] -- [uplink] ==veth== [peer.ifname]
+//!  [vm.ifname] ==veth== [vm.port] --+
+//! ```
+//!
+//! - Every VM has a random locally administered unicast *inside* MAC ([`random_inside_mac`]) and
+//!   the address `192.0.2.(10 + index)/24`; the peer has `192.0.2.254/24` and a random MAC of its
+//!   own (it stands for an ordinary, untranslated host). `192.0.2.1`-`192.0.2.9` are left for a
+//!   test's own endpoints (a tap, say). The hypervisor's bridge has no address: it only forwards.
+//! - IPv6 is disabled everywhere, so nothing talks unless a test makes it.
+//! - All names (namespaces, bridge, veths) carry a per-run suffix; every link is created inside
+//!   the lab's namespaces, so dropping the [`Lab`] (deleting its namespaces) removes everything,
+//!   also when a test panics.
+//! - Nothing here loads BPF. To attach MAT, call the loader from inside [`Lab::hv`] with
+//!   [`Netns::enter`] (interface names resolve in the calling thread's namespace); port ifindexes
+//!   are in [`Vm::port_index`] and [`Lab::uplink_index`].
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, Shutdown, TcpListener, TcpStream},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{frames::Mac, netns::Netns, pins::unique};
+
+/// Prefix length of the lab's subnet, 192.0.2.0/24.
+pub const PREFIX_LEN: u8 = 24;
+/// The peer's address.
+pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+/// First octet pattern inside MACs never take: `02:00:5e:xx:xx:xx` is for outside pools in tests.
+pub const OUTSIDE_OUI: [u8; 3] = [0x02, 0x00, 0x5e];
+
+/// A VM: a namespace with one interface, plugged into a port of the hypervisor's bridge.
+pub struct Vm {
+    pub ns: Netns,
+    /// The VM's interface, inside [`Vm::ns`].
+    pub ifname: String,
+    /// The VM's port: the hypervisor side of its veth, a member of the bridge, inside [`Lab::hv`].
+    pub port: String,
+    /// Ifindex of [`Vm::port`] in the hypervisor namespace (the key of port bindings).
+    pub port_index: u32,
+    /// The VM's own (inside) MAC, set on [`Vm::ifname`].
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+}
+
+/// The host beyond the uplink.
+pub struct Peer {
+    pub ns: Netns,
+    /// The peer's interface, inside [`Peer::ns`], the other end of [`Lab::uplink`].
+    pub ifname: String,
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+}
+
+/// The whole lab; dropping it deletes every namespace and link it made.
+pub struct Lab {
+    /// The VMs, in order of creation ([`Lab::add_vm`]).
+    pub vms: Vec<Vm>,
+    pub peer: Peer,
+    /// The hypervisor namespace: the bridge, the VM ports and the uplink.
+    pub hv: Netns,
+    pub bridge: String,
+    /// The hypervisor's uplink: a bridge member, veth to [`Peer::ifname`].
+    pub uplink: String,
+    /// Ifindex of [`Lab::uplink`] in the hypervisor namespace.
+    pub uplink_index: u32,
+    id: String,
+}
+
+impl Lab {
+    /// A hypervisor with a bridge, an uplink to the peer, and `vms` VMs, everything up and
+    /// forwarding.
+    pub fn new(vms: usize) -> Lab {
+        let id = unique("");
+        let hv = Netns::new("mhv");
+        disable_ipv6(&hv);
+        let peer_ns = Netns::new("mpr");
+        disable_ipv6(&peer_ns);
+        let bridge = format!("br-{id}");
+        let uplink = format!("up-{id}");
+        let peer_if = format!("pe-{id}");
+        hv.ip(&["link", "add", &bridge, "type", "bridge"]);
+        hv.ip(&["link", "set", &bridge, "up"]);
+        let peer_mac = random_inside_mac();
+        hv.ip(&[
+            "link",
+            "add",
+            &uplink,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer_if,
+            "address",
+            &fmt_mac(&peer_mac),
+            "netns",
+            peer_ns.name(),
+        ]);
+        hv.ip(&["link", "set", &uplink, "master", &bridge, "up"]);
+        peer_ns.ip(&["link", "set", &peer_if, "up"]);
+        peer_ns.ip(&[
+            "addr",
+            "add",
+            &format!("{PEER_IP}/{PREFIX_LEN}"),
+            "dev",
+            &peer_if,
+        ]);
+        let uplink_index = ifindex(&hv, &uplink);
+        let mut lab = Lab {
+            vms: Vec::new(),
+            peer: Peer {
+                ns: peer_ns,
+                ifname: peer_if,
+                mac: peer_mac,
+                ip: PEER_IP,
+            },
+            hv,
+            bridge,
+            uplink,
+            uplink_index,
+            id,
+        };
+        for _ in 0..vms {
+            lab.add_vm();
+        }
+        lab.wait_forwarding();
+        lab
+    }
+
+    /// Adds a VM (its namespace, veth and port) and returns it. The port forwards a moment later;
+    /// see [`Lab::wait_forwarding`].
+    pub fn add_vm(&mut self) -> &Vm {
+        let i = self.vms.len();
+        assert!(i < 200, "the lab's /24 holds at most 200 VMs");
+        let ns = Netns::new("mvm");
+        disable_ipv6(&ns);
+        let port = format!("p{i}-{}", self.id);
+        let ifname = format!("v{i}-{}", self.id);
+        let mac = random_inside_mac();
+        let ip = Ipv4Addr::new(192, 0, 2, 10 + i as u8);
+        self.hv.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ifname,
+            "address",
+            &fmt_mac(&mac),
+            "netns",
+            ns.name(),
+        ]);
+        self.hv
+            .ip(&["link", "set", &port, "master", &self.bridge, "up"]);
+        ns.ip(&["link", "set", &ifname, "up"]);
+        ns.ip(&["addr", "add", &format!("{ip}/{PREFIX_LEN}"), "dev", &ifname]);
+        let port_index = ifindex(&self.hv, &port);
+        self.vms.push(Vm {
+            ns,
+            ifname,
+            port,
+            port_index,
+            mac,
+            ip,
+        });
+        self.vms.last().expect("just pushed")
+    }
+
+    /// Adds an interface that already exists in the hypervisor namespace (a tap, say) to the
+    /// bridge and sets it up.
+    pub fn add_port(&self, ifname: &str) {
+        self.hv
+            .ip(&["link", "set", ifname, "master", &self.bridge, "up"]);
+    }
+
+    /// Ifindex of an interface in the hypervisor namespace.
+    pub fn hv_ifindex(&self, ifname: &str) -> u32 {
+        ifindex(&self.hv, ifname)
+    }
+
+    /// Sets every endpoint's interface (each VM's and the peer's) up or down; waits for the
+    /// bridge to forward again when `up`. With every endpoint down nothing enters the
+    /// hypervisor, which gives counters a quiet point to be read at.
+    pub fn set_endpoints_up(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        for vm in &self.vms {
+            vm.ns.ip(&["link", "set", &vm.ifname, state]);
+        }
+        self.peer.ns.ip(&["link", "set", &self.peer.ifname, state]);
+        if up {
+            self.wait_forwarding();
+        }
+    }
+
+    /// Waits (at most 10 s, then panics) until every member of the bridge is in the forwarding
+    /// state (a member whose far end is down stays disabled: bring it up first).
+    pub fn wait_forwarding(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.hv.ip(&["-d", "link", "show", "master", &self.bridge]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            let pending = text
+                .lines()
+                .any(|l| l.contains("bridge_slave") && !l.contains("state forwarding"));
+            if !pending {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bridge ports not forwarding:\n{text}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A random locally administered unicast MAC outside [`OUTSIDE_OUI`].
+pub fn random_inside_mac() -> Mac {
+    loop {
+        let mut mac: Mac = rand::random();
+        mac[0] = (mac[0] & 0xfc) | 0x02;
+        if mac[..3] != OUTSIDE_OUI && mac[1..] != [0; 5] {
+            return mac;
+        }
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`
+pub fn fmt_mac(mac: &Mac) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Ifindex of `ifname` in `ns`.
+pub fn ifindex(ns: &Netns, ifname: &str) -> u32 {
+    ns.enter(|| nix::net::if_::if_nametoindex(ifname))
+        .unwrap_or_else(|e| panic!("no {ifname} in {}: {e}", ns.name()))
+}
+
+/// Turns IPv6 off in `ns` (existing and future interfaces): no ND, MLD or DAD noise.
+pub fn disable_ipv6(ns: &Netns) {
+    ns.enter(|| {
+        for conf in ["all", "default"] {
+            let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+            std::fs::write(&path, "1").unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        }
+    });
+}
+
+/// Pings `ip` from `ns` `count` times (0.2 s apart, 10 s at most); `Err` with ping's output
+/// unless every echo was answered.
+pub fn ping(ns: &Netns, ip: Ipv4Addr, count: u32) -> Result<(), String> {
+    let out = ns
+        .command("ping")
+        .args(["-n", "-q", "-i", "0.2", "-W", "2", "-w", "10", "-c"])
+        .arg(count.to_string())
+        .arg(ip.to_string())
+        .output()
+        .map_err(|e| format!("running ping: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ping {ip} from {} failed: {}{}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The neighbour table of `ns`: (address, MAC) of every entry that has a MAC.
+pub fn neighbours(ns: &Netns) -> Vec<(Ipv4Addr, Mac)> {
+    let out = ns.ip(&["-4", "neigh", "show"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let ip = words.first()?.parse().ok()?;
+            let at = words.iter().position(|w| *w == "lladdr")?;
+            Some((ip, parse_mac(words.get(at + 1)?)?))
+        })
+        .collect()
+}
+
+/// The MAC `ns` has for `ip` in its neighbour table.
+pub fn neighbour(ns: &Netns, ip: Ipv4Addr) -> Option<Mac> {
+    neighbours(ns)
+        .into_iter()
+        .find_map(|(a, mac)| (a == ip).then_some(mac))
+}
+
+/// Sends `bytes` bytes over TCP from a client in `client` to a server listening on
+/// `server_ip` in `server`, checks that all arrived intact, and returns how long it took. Every
+/// step has a timeout, so a broken path fails instead of hanging.
+pub fn tcp_transfer(
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    client: &Netns,
+    bytes: usize,
+) -> Result<Duration, String> {
+    const TIMEOUT: Duration = Duration::from_secs(20);
+    let listener = server
+        .enter(|| TcpListener::bind((server_ip, 0)))
+        .map_err(|e| format!("listening on {server_ip}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let receiver = thread::spawn(move || -> Result<(u64, u64), String> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return Err("no connection".into());
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            }
+        };
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut n, mut sum) = (0u64, 0u64);
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => {
+                    sum = checksum(sum, &buf[..k]);
+                    n += k as u64;
+                }
+                Err(e) => return Err(format!("receiving after {n} bytes: {e}")),
+            }
+        }
+        stream
+            .write_all(&n.to_be_bytes())
+            .map_err(|e| format!("acknowledging: {e}"))?;
+        Ok((n, sum))
+    });
+    let start = Instant::now();
+    let sent = (|| -> Result<u64, String> {
+        let mut stream = client
+            .enter(|| TcpStream::connect_timeout(&addr, TIMEOUT))
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        stream
+            .set_write_timeout(Some(TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let chunk: Vec<u8> = (0..1 << 16).map(|i| (i * 7 % 251) as u8).collect();
+        let (mut left, mut sum) = (bytes, 0u64);
+        while left > 0 {
+            let k = left.min(chunk.len());
+            stream
+                .write_all(&chunk[..k])
+                .map_err(|e| format!("sending: {e}"))?;
+            sum = checksum(sum, &chunk[..k]);
+            left -= k;
+        }
+        stream
+            .shutdown(Shutdown::Write)
+            .map_err(|e| e.to_string())?;
+        let mut ack = [0u8; 8];
+        stream
+            .read_exact(&mut ack)
+            .map_err(|e| format!("waiting for the acknowledgement: {e}"))?;
+        match u64::from_be_bytes(ack) {
+            n if n == bytes as u64 => Ok(sum),
+            n => Err(format!("the server acknowledged {n} of {bytes} bytes")),
+        }
+    })();
+    let elapsed = start.elapsed();
+    let received = receiver
+        .join()
+        .map_err(|_| "receiver panicked".to_string())?;
+    let sum = sent?;
+    let (n, rsum) = received?;
+    if n != bytes as u64 || rsum != sum {
+        return Err(format!(
+            "sent {bytes} bytes (sum {sum:#x}), received {n} (sum {rsum:#x})"
+        ));
+    }
+    Ok(elapsed)
+}
+
+/// Order-sensitive checksum of a byte stream.
+fn checksum(mut sum: u64, data: &[u8]) -> u64 {
+    for &b in data {
+        sum = sum.wrapping_mul(0x100_0000_01b3).wrapping_add(b as u64);
+    }
+    sum
+}

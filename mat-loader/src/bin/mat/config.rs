@@ -1,0 +1,232 @@
+//! The daemon's configuration: a TOML file (optional) overridden by flags, then defaults.
+//!
+//! ```toml
+//! pool = "02:00:5e:00:00:00/24"
+//! rack_bits = 8
+//! host_bits = 8
+//! rack = 1
+//! host = 3
+//! # allow_universal = false
+//! # vlans = [10, 20]
+//! # hold_down = "300s"
+//! # socket = "/run/mat/mat.sock"
+//! # state_dir = "/var/lib/mat"
+//! # pin_dir = "/sys/fs/bpf/mat"
+//! # log_format = "text"
+//! ```
+
+use std::{
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use crate::{
+    daemon,
+    mac::MacPrefix,
+    plan::{Plan, PlanError},
+    DEFAULT_SOCKET,
+};
+
+pub const DEFAULT_CONFIG: &str = "/etc/mat/mat.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/mat";
+pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(300);
+pub const DEFAULT_RACK_BITS: u8 = 8;
+pub const DEFAULT_HOST_BITS: u8 = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct DaemonArgs {
+    /// Configuration file (TOML); flags override it. Default: /etc/mat/mat.toml if it exists.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Durable state (default /var/lib/mat).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// BPF pin directory for maps and links (default /sys/fs/bpf/mat).
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+    /// Outside pool prefix shared by all racks, e.g. 02:00:5e:00:00:00/24.
+    #[arg(long, value_name = "MAC/LEN")]
+    pool: Option<MacPrefix>,
+    /// Bits for the rack id (default 8).
+    #[arg(long)]
+    rack_bits: Option<u8>,
+    /// Bits for the host id (default 8); the VM bits are what is left of 48.
+    #[arg(long)]
+    host_bits: Option<u8>,
+    /// This host's rack id.
+    #[arg(long)]
+    rack: Option<u64>,
+    /// This host's id within its rack.
+    #[arg(long)]
+    host: Option<u64>,
+    /// Accept a universally administered pool (an OUI you own).
+    #[arg(long)]
+    allow_universal: bool,
+    /// A VLAN the rack's MAC routes are needed in (repeatable).
+    #[arg(long = "vlan", value_name = "ID")]
+    vlans: Vec<u16>,
+    /// How long a released MAC is held before reuse, e.g. 300s, 5m, 1500ms (default 300s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    hold_down: Option<Duration>,
+    /// Log format on stderr.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// The configuration file's keys (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    pool: Option<MacPrefix>,
+    rack_bits: Option<u8>,
+    host_bits: Option<u8>,
+    rack: Option<u64>,
+    host: Option<u64>,
+    allow_universal: Option<bool>,
+    vlans: Option<Vec<u16>>,
+    hold_down: Option<String>,
+    socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+}
+
+fn read_file(explicit: Option<&Path>) -> Result<File> {
+    let path = match explicit {
+        Some(p) => p,
+        None if Path::new(DEFAULT_CONFIG).exists() => Path::new(DEFAULT_CONFIG),
+        None => return Ok(File::default()),
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Everything the daemon runs with, resolved.
+struct Resolved {
+    options: daemon::Options,
+    log_format: LogFormat,
+}
+
+fn resolve(args: DaemonArgs, socket: Option<PathBuf>) -> Result<Resolved> {
+    let file = read_file(args.config.as_deref())?;
+    let Some(pool) = args.pool.or(file.pool) else {
+        bail!("no outside pool: give --pool (e.g. 02:00:5e:00:00:00/24) or `pool` in the config");
+    };
+    let Some(rack) = args.rack.or(file.rack) else {
+        bail!("no rack id: give --rack or `rack` in the config");
+    };
+    let Some(host) = args.host.or(file.host) else {
+        bail!("no host id: give --host or `host` in the config");
+    };
+    let vlans = if args.vlans.is_empty() {
+        file.vlans.unwrap_or_default()
+    } else {
+        args.vlans
+    };
+    let plan = Plan::new(
+        pool,
+        args.rack_bits
+            .or(file.rack_bits)
+            .unwrap_or(DEFAULT_RACK_BITS),
+        args.host_bits
+            .or(file.host_bits)
+            .unwrap_or(DEFAULT_HOST_BITS),
+        rack,
+        host,
+        args.allow_universal || file.allow_universal.unwrap_or(false),
+        vlans,
+    )
+    .map_err(|e: PlanError| anyhow::anyhow!("invalid address plan: {e}"))?;
+    let hold_down = match (args.hold_down, file.hold_down) {
+        (Some(d), _) => d,
+        (None, Some(s)) => {
+            parse_duration(&s).map_err(|e| anyhow::anyhow!("hold_down {s:?} in the config: {e}"))?
+        }
+        (None, None) => DEFAULT_HOLD_DOWN,
+    };
+    Ok(Resolved {
+        options: daemon::Options {
+            socket: socket
+                .or(file.socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            state_dir: args
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            pin_dir: args
+                .pin_dir
+                .or(file.pin_dir)
+                .unwrap_or_else(|| mat_loader::DEFAULT_PIN_DIR.into()),
+            plan,
+            hold_down,
+        },
+        log_format: args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
+    })
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// `mat daemon`: exit 2 for a configuration that cannot work, 1 when running fails.
+pub fn daemon(args: DaemonArgs, socket: Option<PathBuf>) -> ExitCode {
+    let resolved = match resolve(args, socket) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mat daemon: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(resolved.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "starting the runtime");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(daemon::run(resolved.options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "mat daemon failed");
+            ExitCode::from(1)
+        }
+    }
+}

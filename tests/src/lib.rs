@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod frames;
 pub mod guest;
+pub mod model;
 pub mod netns;
 pub mod pins;
 pub mod tap;

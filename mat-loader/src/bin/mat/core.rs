@@ -25,8 +25,8 @@ use crate::{
     mac::Mac,
     plan::Plan,
     proto::{
-        AttachView, BindingView, BoundView, Code, DetachView, FreeView, HeldView, ListView,
-        PlanView, Refusal, RoutesView,
+        AttachView, AttachVmView, BindingView, BoundView, Code, DetachView, FreeView, HeldView,
+        ListView, PlanView, Refusal, RoutesView, VmPort,
     },
     state::{Binding, Port, State, Store},
 };
@@ -450,6 +450,82 @@ impl Core {
             ips: given,
         });
         Ok((serde_json::to_value(view).expect("serializes"), announce))
+    }
+
+    /// [`crate::proto::Request::AttachVm`]: binds a VM's ports keyed by (VM, inside MAC), for the
+    /// libvirt hook. Kept when already bound as asked; moved from another port otherwise. The
+    /// announcement waits for the VM's first frame (the binding's announce flag). All or nothing.
+    pub fn attach_vm(&mut self, vm: &str, ports: &[VmPort]) -> Reply {
+        if vm.is_empty() || ports.is_empty() {
+            return Err(Refusal::new(
+                Code::BadRequest,
+                "attach_vm needs a VM and at least one port",
+            ));
+        }
+        // Every port checked before anything changes.
+        let mut wanted = Vec::new();
+        for p in ports {
+            let inside = self.inside_mac(&p.mac)?;
+            let Some(ifindex) = links::ifindex(&p.port) else {
+                return Err(Refusal::new(
+                    Code::UnknownPort,
+                    format!("no interface named {:?}", p.port),
+                ));
+            };
+            if wanted
+                .iter()
+                .any(|&(_, i, m): &(&VmPort, u32, Mac)| i == ifindex || m == inside)
+            {
+                return Err(Refusal::new(
+                    Code::BadRequest,
+                    format!("port {} or MAC {inside} given twice", p.port),
+                ));
+            }
+            wanted.push((p, ifindex, inside));
+        }
+        let mut attached = Vec::new();
+        let mut kept = Vec::new();
+        for &(p, ifindex, inside) in &wanted {
+            if let Some(b) = self
+                .state
+                .bindings
+                .iter()
+                .find(|b| b.ifindex == ifindex && b.inside == inside && b.vm == vm)
+            {
+                kept.push(self.view(b));
+                continue;
+            }
+            let result = match self
+                .state
+                .bindings
+                .iter()
+                .find(|b| b.vm == vm && b.inside == inside)
+                .map(|b| b.port.clone())
+            {
+                Some(old) => self
+                    .detach(Some(&old), Some(&p.mac), Some(vm))
+                    .map(|_| info!(vm, %inside, old, new = p.port, "moving a VM port")),
+                None => Ok(()),
+            }
+            .and_then(|()| self.attach(&p.port, &p.mac, Some(vm), &p.ips));
+            match result {
+                // The announcement is left to the VM's first frame.
+                Ok((v, _)) => attached.push(
+                    serde_json::from_value::<AttachView>(v).expect("attach returns an AttachView"),
+                ),
+                Err(r) => {
+                    for a in &attached {
+                        let b = &a.binding;
+                        let mac = b.inside.to_string();
+                        if let Err(e) = self.detach(Some(&b.port), Some(&mac), Some(vm)) {
+                            warn!(port = b.port, error = %e, "undoing a refused attach_vm");
+                        }
+                    }
+                    return Err(r);
+                }
+            }
+        }
+        Ok(serde_json::to_value(AttachVmView { attached, kept }).expect("serializes"))
     }
 
     pub fn detach(&mut self, port: Option<&str>, mac: Option<&str>, vm: Option<&str>) -> Reply {

@@ -205,6 +205,7 @@ async fn handle(req: Request, ctx: &Arc<Ctx>) -> Reply {
         let mut core = c.core();
         match req {
             Request::Attach { port, mac, vm, ips } => core.attach(&port, &mac, vm.as_deref(), &ips),
+            Request::AttachVm { vm, ports } => core.attach_vm(&vm, &ports).map(|v| (v, None)),
             Request::Detach { port, mac, vm } => core
                 .detach(port.as_deref(), mac.as_deref(), vm.as_deref())
                 .map(|v| (v, None)),

@@ -7,6 +7,8 @@ mod config;
 mod core;
 mod daemon;
 mod garp;
+mod libvirt;
+mod libvirt_xml;
 mod links;
 mod mac;
 mod plan;
@@ -86,6 +88,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// libvirt's qemu hook (run by libvirtd; see `mat install libvirt-hook`).
+    LibvirtHook(libvirt::HookArgs),
+    /// Put an integration in place.
+    #[command(subcommand)]
+    Install(libvirt::Install),
 }
 
 fn main() -> ExitCode {
@@ -138,5 +145,7 @@ fn main() -> ExitCode {
         Command::Routes { json } => {
             cli::run(&client_socket(), Request::Routes {}, json, cli::routes_text)
         }
+        Command::LibvirtHook(args) => libvirt::hook(&client_socket(), &args),
+        Command::Install(what) => libvirt::install(what, &client_socket()),
     }
 }

@@ -13,6 +13,7 @@
 //! {"op":"attach","port":"tap0","mac":"52:54:00:12:34:56","vm":"web1","ips":["192.0.2.10"]}
 //! {"op":"detach","port":"tap0"}                 (optionally "mac": only that binding)
 //! {"op":"detach","vm":"web1"}                   (every binding of the VM)
+//! {"op":"attach_vm","vm":"UUID","ports":[{"port":"vnet0","mac":"52:54:00:12:34:56","ips":[]}]}
 //! {"op":"list"}
 //! {"op":"stats"}
 //! {"op":"plan"}
@@ -24,6 +25,8 @@
 //! - attach: a [`BindingView`] plus `"source"`: `fresh`, `returned` (the VM port's own MAC from
 //!   its last attachment) or `reused` (another VM's, after its hold-down).
 //! - detach: `{"released": [BindingView...]}`.
+//! - attach_vm: `{"attached": [AttachView...], "kept": [BindingView...]}` (see
+//!   [`Request::AttachVm`]).
 //! - list: `{"bindings": [BindingView...]}`.
 //! - stats: [`StatsView`]; plan: [`PlanView`]; routes: `{"routes": [Route...]}`.
 //!
@@ -64,11 +67,34 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         vm: Option<String>,
     },
+    /// Binds a VM's ports at once, keyed by (VM, inside MAC) rather than by port: what the
+    /// libvirt hook sends at `start` and `reconnect`, with the domain UUID as the VM. A port
+    /// already bound to this VM and MAC is kept as it is (so a resync changes nothing); the VM's
+    /// MAC bound on another port (its tap changed) is released there first, so that it gets its
+    /// outside MAC back. New bindings are announced when the data plane sees the VM's first
+    /// frame (an incoming migration's VM still runs on its source when the hook fires), not at
+    /// once. All or nothing: a refused port undoes what the request bound.
+    AttachVm {
+        vm: String,
+        ports: Vec<VmPort>,
+    },
     // Empty struct variants rather than unit ones, so that unknown fields are refused here too.
     List {},
     Stats {},
     Plan {},
     Routes {},
+}
+
+/// One port of an [`Request::AttachVm`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmPort {
+    pub port: String,
+    /// The VM's (inside) MAC on this port.
+    pub mac: String,
+    /// Addresses to announce once the VM runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<Ipv4Addr>,
 }
 
 /// Parses one request line: a JSON object with a known `op` and only its fields.
@@ -167,6 +193,14 @@ pub struct AttachView {
     #[serde(flatten)]
     pub binding: BindingView,
     pub source: Source,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachVmView {
+    /// Bound by this request.
+    pub attached: Vec<AttachView>,
+    /// Already bound as asked: unchanged.
+    pub kept: Vec<BindingView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -287,6 +321,29 @@ mod tests {
             vm: Some("x".into()),
         };
         assert_eq!(parse(&serde_json::to_string(&r).unwrap()).unwrap(), r);
+    }
+
+    #[test]
+    fn attach_vm() {
+        let r = parse(
+            r#"{"op":"attach_vm","vm":"1a1a2041-d18d-483e-a1b9-5f57ceffe17d","ports":[{"port":"vnet0","mac":"52:54:00:00:00:01","ips":["192.0.2.1"]},{"port":"vnet1","mac":"52:54:00:00:00:02"}]}"#,
+        )
+        .unwrap();
+        let Request::AttachVm { vm, ports } = &r else {
+            panic!("{r:?}");
+        };
+        assert_eq!(vm, "1a1a2041-d18d-483e-a1b9-5f57ceffe17d");
+        assert_eq!(ports.len(), 2);
+        assert_eq!(ports[0].ips, [Ipv4Addr::new(192, 0, 2, 1)]);
+        assert!(ports[1].ips.is_empty());
+        assert_eq!(parse(&serde_json::to_string(&r).unwrap()).unwrap(), r);
+        for bad in [
+            r#"{"op":"attach_vm","vm":"x"}"#,
+            r#"{"op":"attach_vm","vm":"x","ports":[{"port":"vnet0"}]}"#,
+            r#"{"op":"attach_vm","vm":"x","ports":[{"port":"vnet0","mac":"52:54:00:00:00:01","x":1}]}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -195,8 +195,14 @@ impl Dataplane {
 
     /// Removes a binding and what was learned for it; missing entries are not an error.
     pub fn unbind(&mut self, ifindex: u32, inside: MacAddr, outside: MacAddr) -> Result<(), Error> {
+        // aya reports a missing key from `bpf_map_delete_elem` as the syscall's ENOENT.
         let ignore_missing = |r: Result<(), aya::maps::MapError>| match r {
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             r => r,
         };
         ignore_missing(

@@ -2,6 +2,7 @@
 //! builders, and a model of the translation rules.
 
 pub mod capture;
+pub mod daemon;
 pub mod frames;
 pub mod guest;
 pub mod model;

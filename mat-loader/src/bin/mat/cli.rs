@@ -26,14 +26,14 @@ pub fn call(socket: &Path, req: &Request) -> Result<Reply> {
     })?;
     let mut line = serde_json::to_string(req).expect("requests serialize");
     line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .context("sending the request")?;
+    // The daemon may answer and close before reading (a peer it refuses): read the reply even
+    // when sending failed.
+    let sent = stream.write_all(line.as_bytes());
     let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .context("reading the reply")?;
+    let read = BufReader::new(stream).read_line(&mut reply);
     if reply.is_empty() {
+        sent.context("sending the request")?;
+        read.context("reading the reply")?;
         anyhow::bail!("the daemon closed the connection without a reply");
     }
     serde_json::from_str(&reply).with_context(|| format!("parsing the reply {reply:?}"))

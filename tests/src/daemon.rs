@@ -1,0 +1,335 @@
+//! The real `mat` binary for end-to-end tests: a daemon started inside a test's hypervisor
+//! namespace with its own socket, state directory and BPF pin directory (so several run side by
+//! side), and the CLI to talk to it.
+//!
+//! Finding the binary: integration tests of this crate cannot use `CARGO_BIN_EXE_mat` (that is
+//! only set for tests of the package that owns the binary), so [`mat_binary`] asks cargo to build
+//! it (a no-op when it is fresh) and takes the path from cargo's own report; `MAT_BIN` overrides.
+//!
+//! Every daemon is killed by pid, and its pins and directories removed, when its guard drops,
+//! also when the test panics.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use mat_loader::Dataplane;
+
+use crate::{frames::Mac, netns::Netns, pins::unique, topology::fmt_mac};
+
+/// The `mat` binary, built once per test process.
+pub fn mat_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("MAT_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let out = Command::new(&cargo)
+            .args(["build", "--quiet", "-p", "mat-loader", "--bin", "mat"])
+            .args(["--message-format", "json"])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("running {cargo}: {e}"));
+        assert!(out.status.success(), "cargo build of mat failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "mat")
+            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no executable for mat")
+    })
+}
+
+/// A binding map entry: (ifindex, key MAC, value MAC).
+pub type MapEntry = (u32, Mac, Mac);
+
+/// The outside pool every test daemon uses unless told otherwise.
+pub const POOL: &str = "02:00:5e:00:00:00/24";
+
+/// A `mat daemon` in a namespace, with everything it owns.
+pub struct Daemon {
+    netns: String,
+    /// Holds the socket, the state directory and the daemon's log.
+    dir: PathBuf,
+    pin_dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    /// How many times it was started.
+    pub starts: u32,
+}
+
+impl Daemon {
+    /// Starts a daemon in `ns` with the plan and options in `args` (e.g. `--pool`, `--rack`,
+    /// `--host`, `--hold-down`), and waits until it answers.
+    pub fn start(ns: &Netns, args: &[&str]) -> Daemon {
+        let id = unique("mat-cp-");
+        let dir = std::env::temp_dir().join(&id);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let mut d = Daemon {
+            netns: ns.name().to_owned(),
+            dir,
+            pin_dir: Path::new("/sys/fs/bpf").join(&id),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            starts: 0,
+        };
+        d.spawn();
+        d.wait_ready();
+        d
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("mat.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    /// Everything the daemon (all its runs) wrote to stderr.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the process (without waiting for it to answer).
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("opening the daemon log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(mat_binary())
+            .arg("daemon")
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .env_remove("MAT_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting mat daemon");
+        self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// Waits (10 s at most) until the daemon answers a request; panics with its log if it died.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!("mat daemon exited with {status}:\n{}", self.log());
+            }
+            if self.try_request(r#"{"op":"list"}"#).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mat daemon not answering on {}:\n{}",
+                self.socket().display(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL, by pid, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, by pid, and wait for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().expect("waiting for the daemon")
+    }
+
+    /// Starts it again (same socket, state and pins) and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// `mat --socket SOCKET args...`, run from the test's own namespace (the socket is a path).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(mat_binary())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .env_remove("MAT_SOCKET")
+            .output()
+            .expect("running mat")
+    }
+
+    /// Like [`Daemon::cli`], and panics unless it succeeded; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "mat {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+
+    /// `mat ... --json` parsed.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let text = self.cli_ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {text:?}: {e}"))
+    }
+
+    /// One raw request line (a newline is added) and the reply line, parsed.
+    pub fn try_request(&self, line: &str) -> std::io::Result<serde_json::Value> {
+        self.raw(format!("{line}\n").as_bytes())
+    }
+
+    /// Writes `bytes` as they are and reads one reply line.
+    pub fn raw(&self, bytes: &[u8]) -> std::io::Result<serde_json::Value> {
+        let mut s = UnixStream::connect(self.socket())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(bytes)?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        serde_json::from_str(&line).map_err(|e| std::io::Error::other(format!("{line:?}: {e}")))
+    }
+
+    pub fn request(&self, line: &str) -> serde_json::Value {
+        self.try_request(line)
+            .unwrap_or_else(|e| panic!("request {line}: {e}"))
+    }
+
+    /// The state file's bytes.
+    pub fn state_file(&self) -> Vec<u8> {
+        fs::read(self.state_dir().join("state.json")).unwrap_or_default()
+    }
+
+    /// The pinned maps as the kernel has them: (ifindex, inside, outside) from the from-VM map,
+    /// and (ifindex, outside, inside) from the to-VM map.
+    pub fn maps(&self) -> (Vec<MapEntry>, Vec<MapEntry>) {
+        let dp = Dataplane::open(&self.pin_dir).expect("opening the pinned maps");
+        let mut from: Vec<_> = dp
+            .bindings()
+            .expect("reading bindings")
+            .into_iter()
+            .map(|(k, v)| (k.ifindex, k.mac, v.mac))
+            .collect();
+        let mut to: Vec<_> = dp
+            .reverse_bindings()
+            .expect("reading bindings")
+            .into_iter()
+            .map(|(k, v)| (k.ifindex, k.mac, v.mac))
+            .collect();
+        from.sort_unstable();
+        to.sort_unstable();
+        (from, to)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- log of the mat daemon ({}) ---\n{}",
+                self.dir.display(),
+                self.log()
+            );
+        }
+        if self.pin_dir.exists() {
+            if let Err(e) = fs::remove_dir_all(&self.pin_dir) {
+                eprintln!("removing {}: {e}", self.pin_dir.display());
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A binding as `mat list --json` shows it: (port, inside, outside).
+pub fn bindings(list: &serde_json::Value) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = list["bindings"]
+        .as_array()
+        .expect("bindings array")
+        .iter()
+        .map(|b| {
+            (
+                b["port"].as_str().unwrap().to_owned(),
+                b["inside"].as_str().unwrap().to_owned(),
+                b["outside"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `aa:bb:...` of a MAC, as the daemon prints it.
+pub fn mac_str(mac: &Mac) -> String {
+    fmt_mac(mac)
+}

@@ -1,0 +1,213 @@
+//! Gratuitous ARP from the `mat` daemon: a VM that moves to another hypervisor (and so to another
+//! outside MAC) is found there by a peer within a second, and never hears its own announcement.
+//!
+//! ```text
+//!  peer ==== [uplink] hv1 bridge [trunk] ==== [trunk] hv2 bridge
+//!               |  (daemon: rack 1 host 1)          |  (daemon: rack 1 host 2)
+//!              vm0 (before the move)               vm0 (after the move)
+//! ```
+
+use std::{
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use mat_tests::{
+    capture::{Capture, Report},
+    daemon::{mac_str, Daemon, POOL},
+    frames::Mac,
+    netns::Netns,
+    topology::{disable_ipv6, fmt_mac, neighbour, ping, Lab, PEER_IP, PREFIX_LEN},
+};
+
+/// Gratuitous ARP requests for `ip` from `mac` in a capture.
+fn announcements(report: &Report, mac: Mac, ip: [u8; 4]) -> usize {
+    report
+        .frames
+        .iter()
+        .filter_map(|f| f.addrs().arp.map(|a| (f.addrs().src, a)))
+        .filter(|(src, a)| *src == mac && a.op == 1 && a.sha == mac && a.spa == ip && a.tpa == ip)
+        .count()
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+fn counter(stats: &serde_json::Value, hook: &str, outcome: &str) -> u64 {
+    stats["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["hook"] == hook && c["outcome"] == outcome)
+        .and_then(|c| c["packets"].as_u64())
+        .unwrap_or_else(|| panic!("no counter {hook}/{outcome}"))
+}
+
+#[test]
+fn a_moved_vm_is_found_at_its_new_outside_mac_within_a_second() {
+    let lab = Lab::new(1);
+    let vm = &lab.vms[0];
+    let ip = vm.ip.octets();
+
+    // A second hypervisor, its bridge trunked to the first one's.
+    let hv2 = Netns::new("mh2");
+    disable_ipv6(&hv2);
+    let id = &lab.bridge[3..];
+    let (br2, t1, t2, port2) = (
+        format!("b2-{id}"),
+        format!("t1-{id}"),
+        format!("t2-{id}"),
+        format!("q0-{id}"),
+    );
+    hv2.ip(&["link", "add", &br2, "type", "bridge"]);
+    hv2.ip(&["link", "set", &br2, "up"]);
+    lab.hv.ip(&[
+        "link",
+        "add",
+        &t1,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &t2,
+        "netns",
+        hv2.name(),
+    ]);
+    lab.hv
+        .ip(&["link", "set", &t1, "master", &lab.bridge, "up"]);
+    hv2.ip(&["link", "set", &t2, "master", &br2, "up"]);
+    lab.wait_forwarding();
+
+    let d1 = Daemon::start(&lab.hv, &["--pool", POOL, "--rack", "1", "--host", "1"]);
+    let d2 = Daemon::start(&hv2, &["--pool", POOL, "--rack", "1", "--host", "2"]);
+    let old: Mac = [2, 0, 0x5e, 1, 1, 0];
+    let new: Mac = [2, 0, 0x5e, 1, 2, 0];
+    let ip_arg = vm.ip.to_string();
+    let out = d1.cli_ok(&[
+        "attach",
+        &vm.port,
+        "--mac",
+        &mac_str(&vm.mac),
+        "--vm",
+        "vm0",
+    ]);
+    assert_eq!(out.trim(), fmt_mac(&old));
+    ping(&vm.ns, PEER_IP, 2).expect("vm0 reaches the peer from hv1");
+    assert_eq!(neighbour(&lab.peer.ns, vm.ip), Some(old));
+
+    // The move: the VM's NIC goes away on hv1 and comes back, same MAC and address, on hv2.
+    lab.hv.ip(&["link", "del", &vm.port]);
+    hv2.ip(&[
+        "link",
+        "add",
+        &port2,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &vm.ifname,
+        "address",
+        &fmt_mac(&vm.mac),
+        "netns",
+        vm.ns.name(),
+    ]);
+    hv2.ip(&["link", "set", &port2, "master", &br2, "up"]);
+    vm.ns.ip(&["link", "set", &vm.ifname, "up"]);
+    vm.ns.ip(&[
+        "addr",
+        "add",
+        &format!("{ip_arg}/{PREFIX_LEN}"),
+        "dev",
+        &vm.ifname,
+    ]);
+    wait_for("hv2's port forwarding", Duration::from_secs(10), || {
+        let out = hv2.ip(&["-d", "link", "show", &port2]);
+        String::from_utf8_lossy(&out.stdout).contains("state forwarding")
+    });
+    // hv1's daemon saw the port go and released the binding.
+    wait_for("release on hv1", Duration::from_secs(3), || {
+        d1.cli_json(&["list"])["bindings"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    // The peer still has the old outside MAC.
+    assert_eq!(neighbour(&lab.peer.ns, vm.ip), Some(old));
+
+    let peer_cap = Capture::in_netns(&lab.peer.ns, &lab.peer.ifname);
+    let vm_cap = Capture::in_netns(&vm.ns, &vm.ifname);
+    let attached = Instant::now();
+    let out = d2.cli_ok(&[
+        "attach",
+        &port2,
+        "--mac",
+        &mac_str(&vm.mac),
+        "--vm",
+        "vm0",
+        "--ip",
+        &ip_arg,
+    ]);
+    assert_eq!(out.trim(), fmt_mac(&new));
+    let took = wait_for(
+        "the peer's neighbour update",
+        Duration::from_secs(1),
+        || neighbour(&lab.peer.ns, vm.ip) == Some(new),
+    );
+    eprintln!(
+        "peer updated {:?} after the attach ({:?} after the CLI returned)",
+        attached.elapsed(),
+        took
+    );
+    // All three announcements, spaced over about a second.
+    sleep(Duration::from_millis(1300).saturating_sub(attached.elapsed()));
+    let peer_seen = peer_cap.stop();
+    let vm_seen = vm_cap.stop();
+    peer_seen.assert_complete("the peer");
+    vm_seen.assert_complete("the VM");
+    assert_eq!(
+        announcements(&peer_seen, new, ip),
+        3,
+        "three gratuitous ARPs"
+    );
+    // The VM never hears its own announcement, under either MAC.
+    let echoes: Vec<_> = vm_seen
+        .incoming()
+        .filter_map(|f| f.addrs().arp)
+        .filter(|a| a.spa == ip)
+        .collect();
+    assert!(
+        echoes.is_empty(),
+        "the VM heard its announcement: {echoes:?}"
+    );
+    let stats = d2.cli_json(&["stats"]);
+    assert!(counter(&stats, "port-to-vm-tc", "reflected") >= 3);
+
+    ping(&vm.ns, PEER_IP, 2).expect("vm0 reaches the peer from hv2");
+    assert_eq!(neighbour(&lab.peer.ns, vm.ip), Some(new));
+}
+
+#[test]
+fn an_address_learned_from_the_vm_is_announced() {
+    let lab = Lab::new(1);
+    let vm = &lab.vms[0];
+    let d = Daemon::start(&lab.hv, &["--pool", POOL, "--rack", "1", "--host", "3"]);
+    let outside: Mac = [2, 0, 0x5e, 1, 3, 0];
+    // No --ip: the daemon learns the address from the VM's own ARP.
+    d.cli_ok(&["attach", &vm.port, "--mac", &mac_str(&vm.mac)]);
+    let cap = Capture::in_netns(&lab.peer.ns, &lab.peer.ifname);
+    ping(&vm.ns, PEER_IP, 1).expect("vm0 reaches the peer");
+    wait_for("three announcements", Duration::from_secs(3), || {
+        let list = d.cli_json(&["list"]);
+        list["bindings"][0]["learned"] == serde_json::json!([vm.ip.to_string()])
+    });
+    sleep(Duration::from_millis(1300));
+    let seen = cap.stop();
+    assert_eq!(announcements(&seen, outside, vm.ip.octets()), 3);
+    assert!(d.log().contains("announced"), "{}", d.log());
+}

@@ -252,23 +252,29 @@ impl Daemon {
     /// The pinned maps as the kernel has them: (ifindex, inside, outside) from the from-VM map,
     /// and (ifindex, outside, inside) from the to-VM map.
     pub fn maps(&self) -> (Vec<MapEntry>, Vec<MapEntry>) {
-        let dp = Dataplane::open(&self.pin_dir).expect("opening the pinned maps");
-        let mut from: Vec<_> = dp
-            .bindings()
-            .expect("reading bindings")
-            .into_iter()
-            .map(|(k, v)| (k.ifindex, k.mac, v.mac))
-            .collect();
-        let mut to: Vec<_> = dp
-            .reverse_bindings()
-            .expect("reading bindings")
-            .into_iter()
-            .map(|(k, v)| (k.ifindex, k.mac, v.mac))
-            .collect();
-        from.sort_unstable();
-        to.sort_unstable();
-        (from, to)
+        pinned_maps(&self.pin_dir)
     }
+}
+
+/// The binding maps pinned under `pin_dir`: (ifindex, inside, outside) from the from-VM map, and
+/// (ifindex, outside, inside) from the to-VM map, sorted.
+pub fn pinned_maps(pin_dir: &Path) -> (Vec<MapEntry>, Vec<MapEntry>) {
+    let dp = Dataplane::open(pin_dir).expect("opening the pinned maps");
+    let mut from: Vec<_> = dp
+        .bindings()
+        .expect("reading bindings")
+        .into_iter()
+        .map(|(k, v)| (k.ifindex, k.mac, v.mac))
+        .collect();
+    let mut to: Vec<_> = dp
+        .reverse_bindings()
+        .expect("reading bindings")
+        .into_iter()
+        .map(|(k, v)| (k.ifindex, k.mac, v.mac))
+        .collect();
+    from.sort_unstable();
+    to.sort_unstable();
+    (from, to)
 }
 
 impl Drop for Daemon {

@@ -2,6 +2,8 @@
 
 #[cfg(feature = "bench")]
 mod bench;
+#[cfg(any(feature = "bench", feature = "demo"))]
+mod demo;
 mod setup;
 
 use std::process::Command;
@@ -33,6 +35,9 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// A small hypervisor in namespaces running the mat daemon, two VMs attached, and a capture
+    /// showing only outside MACs on the wire; cleans up after itself (as root).
+    Demo,
 }
 
 fn main() -> Result<()> {
@@ -40,7 +45,30 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Test { args } => test(&args),
         Task::Bench { quick } => bench(quick),
+        Task::Demo => demo(),
     }
+}
+
+/// Like the benchmark, the demo links the loader (through mat-tests): it runs in an xtask built
+/// with the `demo` feature, once setup has installed what building the loader takes.
+#[cfg(not(any(feature = "bench", feature = "demo")))]
+fn demo() -> Result<()> {
+    setup::run()?;
+    cargo(&[
+        "run",
+        "--quiet",
+        "--package",
+        "xtask",
+        "--features",
+        "demo",
+        "--",
+        "demo",
+    ])
+}
+
+#[cfg(any(feature = "bench", feature = "demo"))]
+fn demo() -> Result<()> {
+    demo::run()
 }
 
 /// The benchmark needs the loader, so it runs in an xtask built with the `bench` feature, once

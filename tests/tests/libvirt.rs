@@ -1,0 +1,452 @@
+//! MAT under a real libvirtd with real QEMU guests (TCG): the hook binds a starting guest's tap,
+//! a peer beyond the uplink sees only the outside MAC, a libvirtd restart resyncs without
+//! changing anything, stopping releases; and a live migration between two libvirtd instances
+//! (two hypervisors, each with its own bridge, uplink and `mat daemon`) keeps a ping stream
+//! going, moves the peer's neighbour entry to the new outside MAC and holds the old one down.
+//!
+//! Layout (every namespace and link the test's own; addresses in 198.51.100.0/24 only):
+//!
+//! ```text
+//!   hypervisors ns: libvirtd A + mat daemon host 1      peer ns
+//!     guest tap --[br0]-- up0 ======================= p0 --+
+//!                                                           [sw] 198.51.100.1
+//!     guest tap --[br1]-- up1 ======================= p1 --+
+//!   libvirtd B + mat daemon host 2 (same namespace: migration runs over its 127.0.0.1)
+//! ```
+//!
+//! The migration's packet loss and longest gap are printed and written to
+//! target/bench/migration.json (a figure, not an assertion).
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Child, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use mat_tests::{
+    capture::{Addrs, Capture},
+    daemon::{mat_binary, Daemon, POOL},
+    guest::{self, GuestImage, READY},
+    libvirt::{domain_xml, wait_for_line, Libvirtd, Nic, PingStream},
+    netns::{run, Netns},
+    pins::unique,
+    topology::{disable_ipv6, fmt_mac, neighbour, parse_mac, ping},
+};
+use serde_json::Value;
+
+/// One TCG guest at a time: two would share the machine's two cores with everything else.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const PEER_IP: &str = "198.51.100.1";
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const GUEST_ADDR: &str = "198.51.100.10/24";
+
+/// A hypervisor: its bridge and uplink in the shared namespace, its libvirtd and its daemon.
+/// Fields drop in order: libvirtd first (destroying a domain runs the release hook, which needs
+/// the daemon).
+struct Host {
+    libvirtd: Libvirtd,
+    daemon: Daemon,
+    bridge: String,
+}
+
+struct Lab {
+    hosts: Vec<Host>,
+    peer: Netns,
+    hv: Netns,
+    dir: PathBuf,
+    image: GuestImage,
+}
+
+impl Lab {
+    fn new(hosts: usize) -> Lab {
+        let image = guest::image();
+        let dir = std::env::temp_dir().join(unique("mat-lvlab-"));
+        std::fs::create_dir_all(&dir).expect("creating the lab directory");
+        let hv = Netns::new("mlv");
+        let peer = Netns::new("mlp");
+        disable_ipv6(&hv);
+        disable_ipv6(&peer);
+        peer.ip(&["link", "add", "sw", "type", "bridge"]);
+        peer.ip(&["link", "set", "sw", "up"]);
+        peer.ip(&["addr", "add", &format!("{PEER_IP}/24"), "dev", "sw"]);
+        let mut lab = Lab {
+            hosts: Vec::new(),
+            peer,
+            hv,
+            dir,
+            image,
+        };
+        for i in 0..hosts {
+            let (bridge, up, p) = (format!("br{i}"), format!("up{i}"), format!("p{i}"));
+            lab.hv.ip(&["link", "add", &bridge, "type", "bridge"]);
+            lab.hv.ip(&["link", "set", &bridge, "up"]);
+            lab.hv.ip(&[
+                "link",
+                "add",
+                &up,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &p,
+                "netns",
+                lab.peer.name(),
+            ]);
+            lab.hv.ip(&["link", "set", &up, "master", &bridge, "up"]);
+            lab.peer.ip(&["link", "set", &p, "master", "sw", "up"]);
+            let host = (i + 1).to_string();
+            let daemon = Daemon::start(&lab.hv, &["--pool", POOL, "--rack", "1", "--host", &host]);
+            let socket = daemon.socket();
+            let host_uuid = format!(
+                "6d617400-{:04x}-4000-8000-{:012x}",
+                i + 1,
+                std::process::id()
+            );
+            let libvirtd = Libvirtd::start(&lab.hv, &host_uuid, |hooks| {
+                run(std::process::Command::new(mat_binary())
+                    .arg("--socket")
+                    .arg(&socket)
+                    .args(["install", "libvirt-hook", "--hooks-dir"])
+                    .arg(hooks));
+            });
+            libvirtd.bridged_network("matnet", &bridge);
+            lab.hosts.push(Host {
+                libvirtd,
+                daemon,
+                bridge,
+            });
+        }
+        lab
+    }
+
+    fn console(&self, dom: &str) -> PathBuf {
+        self.dir.join(format!("{dom}.console"))
+    }
+
+    /// Defines `dom` on host `h` and starts it; returns its UUID.
+    fn start_guest(&self, h: usize, dom: &str, mac: &str, nic: Nic) -> String {
+        let lv = &self.hosts[h].libvirtd;
+        lv.define(
+            dom,
+            &domain_xml(dom, &self.image, nic, mac, GUEST_ADDR, &self.console(dom)),
+        );
+        let t = Instant::now();
+        lv.virsh_ok(&["start", dom]);
+        eprintln!("libvirt: {dom} started in {:?}", t.elapsed());
+        lv.virsh_ok(&["domuuid", dom]).trim().to_owned()
+    }
+
+    /// Waits for the guest's ready line, then until the peer's pings get through.
+    fn wait_reachable(&self, dom: &str) {
+        let t = Instant::now();
+        wait_for_line(&self.console(dom), READY, Duration::from_secs(120));
+        eprintln!("libvirt: {dom} ready after {:?}", t.elapsed());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = ping(&self.peer, GUEST_IP, 2) {
+            assert!(Instant::now() < deadline, "guest unreachable: {e}");
+        }
+        eprintln!("libvirt: {dom} answers ping after {:?}", t.elapsed());
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Domains and daemons first (their guards), then the namespaces (field order).
+        self.hosts.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A random guest MAC under QEMU's 52:54:00 prefix.
+fn guest_mac() -> String {
+    let r: [u8; 3] = rand::random();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", r[0], r[1], r[2])
+}
+
+/// (vm, port, inside, outside, since) of every binding of a daemon.
+fn bindings(d: &Daemon) -> Vec<(String, String, String, String, u64)> {
+    let list: Value = d.cli_json(&["list"]);
+    let mut v: Vec<_> = list["bindings"]
+        .as_array()
+        .expect("bindings")
+        .iter()
+        .map(|b| {
+            let s = |k: &str| b[k].as_str().unwrap_or_default().to_owned();
+            (
+                s("vm"),
+                s("port"),
+                s("inside"),
+                s("outside"),
+                b["since"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn held(d: &Daemon) -> Vec<String> {
+    d.cli_json(&["plan"])["held"]
+        .as_array()
+        .expect("held")
+        .iter()
+        .map(|h| h["outside"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Asserts that no frame seen by the peer carries the guest's inside MAC anywhere.
+fn assert_only_outside(frames: &[Vec<u8>], inside: &str, outside: &str) -> usize {
+    let inside = parse_mac(inside).expect("a MAC");
+    let outside = parse_mac(outside).expect("a MAC");
+    let mut with_outside = 0;
+    for f in frames {
+        let all = Addrs::parse(f).all();
+        assert!(
+            !all.contains(&inside),
+            "the peer saw the inside MAC {}: {f:02x?}",
+            fmt_mac(&inside)
+        );
+        with_outside += usize::from(all.contains(&outside));
+    }
+    with_outside
+}
+
+#[test]
+fn start_reconnect_and_stop_under_libvirt() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = Lab::new(1);
+    let dom = unique("matvm");
+    let mac = guest_mac();
+    let bridge = lab.hosts[0].bridge.clone();
+    let uuid = lab.start_guest(0, &dom, &mac, Nic::Bridge(&bridge));
+    let (lv, d) = (&lab.hosts[0].libvirtd, &lab.hosts[0].daemon);
+    // Bound at start, before the guest ran: keyed by the domain UUID, on the tap libvirt made.
+    let taps = lv.taps(&dom);
+    assert_eq!(taps.len(), 1, "{taps:?}");
+    let tap = taps[0].0.clone();
+    let bound = bindings(d);
+    assert_eq!(bound.len(), 1, "{bound:?}");
+    let (vm, port, inside, outside, _) = bound[0].clone();
+    assert_eq!(
+        (vm.as_str(), port.as_str(), inside.as_str()),
+        (uuid.as_str(), tap.as_str(), mac.as_str())
+    );
+    assert!(outside.starts_with("02:00:5e:01:01:"), "{outside}");
+
+    // The peer reaches the guest and sees only the outside MAC.
+    let capture = Capture::in_netns(&lab.peer, "p0");
+    lab.wait_reachable(&dom);
+    ping(&lab.peer, GUEST_IP, 5).expect("ping through MAT");
+    let report = capture.stop();
+    let frames: Vec<Vec<u8>> = report.frames.iter().map(|f| f.data.clone()).collect();
+    let seen = assert_only_outside(&frames, &mac, &outside);
+    assert!(seen >= 5, "only {seen} frames with the outside MAC");
+    assert_eq!(
+        neighbour(&lab.peer, GUEST_IP).map(|m| fmt_mac(&m)),
+        Some(outside.clone())
+    );
+
+    // libvirtd restarts while the guest runs: `reconnect` resyncs and changes nothing.
+    let before = bindings(d);
+    let t = Instant::now();
+    lab.hosts[0].libvirtd.restart();
+    eprintln!("libvirt: libvirtd restarted in {:?}", t.elapsed());
+    let (lv, d) = (&lab.hosts[0].libvirtd, &lab.hosts[0].daemon);
+    assert_eq!(
+        lv.running(),
+        std::slice::from_ref(&dom),
+        "the guest survived the restart"
+    );
+    assert_eq!(bindings(d), before, "reconnect changed a binding");
+    ping(&lab.peer, GUEST_IP, 3).expect("ping after the libvirtd restart");
+
+    // Stop: released into hold-down.
+    lv.virsh_ok(&["destroy", &dom]);
+    assert!(bindings(d).is_empty(), "{:?}", bindings(d));
+    assert!(held(d).contains(&outside), "{:?}", held(d));
+}
+
+/// What the migration measured, for the test output and the bench JSON.
+#[derive(Debug)]
+struct Figures {
+    stream: PingStream,
+    interval_ms: u64,
+    migrate_ms: u128,
+}
+
+fn write_bench(f: &Figures, source: &str, destination: &str) {
+    let dir = guest::cache_dir().parent().expect("target/").join("bench");
+    std::fs::create_dir_all(&dir).expect("creating target/bench");
+    let json = serde_json::json!({
+        "test": "libvirt live migration, TCG guest, ping stream from a peer beyond the uplink",
+        "ping_interval_ms": f.interval_ms,
+        "sent": f.stream.sent,
+        "received": f.stream.received,
+        "lost": f.stream.lost.len(),
+        "gap_ms": (f.stream.max_gap_ms * 10.0).round() / 10.0,
+        "virsh_migrate_ms": f.migrate_ms,
+        "outside_before": source,
+        "outside_after": destination,
+    });
+    let path = dir.join("migration.json");
+    std::fs::write(&path, format!("{json:#}\n")).expect("writing migration.json");
+    eprintln!("libvirt: wrote {}", path.display());
+}
+
+/// `ping -D` from the peer every `interval_ms`, stopped with SIGINT (so that it prints its
+/// summary) and killed by pid if the test fails first.
+struct PingGuard(Option<Child>);
+
+impl PingGuard {
+    fn start(ns: &Netns, ip: Ipv4Addr, interval_ms: u64) -> PingGuard {
+        let child = ns
+            .command("ping")
+            .args(["-D", "-n", "-W", "1", "-i"])
+            .arg(format!("{:.3}", interval_ms as f64 / 1000.0))
+            .arg(ip.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting ping");
+        PingGuard(Some(child))
+    }
+
+    fn stop(mut self) -> String {
+        let child = self.0.take().expect("running");
+        // SAFETY: kill(2) on our own child (nsenter exec'd ping in place), not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let out = child.wait_with_output().expect("waiting for ping");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for PingGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn live_migration_between_two_libvirtd() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let lab = Lab::new(2);
+    let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
+    let dom = unique("matvm");
+    let mac = guest_mac();
+    let uuid = lab.start_guest(0, &dom, &mac, Nic::Network("matnet"));
+    lab.wait_reachable(&dom);
+    let source = bindings(&a.daemon);
+    assert_eq!(source.len(), 1, "{source:?}");
+    let outside_a = source[0].3.clone();
+    assert_eq!(
+        neighbour(&lab.peer, GUEST_IP).map(|m| fmt_mac(&m)),
+        Some(outside_a.clone())
+    );
+
+    // Everything the peer receives from both uplinks during the migration.
+    let cap0 = Capture::in_netns(&lab.peer, "p0");
+    let cap1 = Capture::in_netns(&lab.peer, "p1");
+    let interval_ms = 10;
+    let pinger = PingGuard::start(&lab.peer, GUEST_IP, interval_ms);
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    a.libvirtd.virsh_ok(&[
+        "migrate",
+        "--live",
+        &dom,
+        &b.libvirtd.migration_uri(),
+        "tcp://127.0.0.1",
+        "--listen-address",
+        "127.0.0.1",
+    ]);
+    let migrate_ms = t.elapsed().as_millis();
+    // Let the stream settle on the destination, then stop it.
+    std::thread::sleep(Duration::from_secs(4));
+    let text = pinger.stop();
+    let (seen0, seen1) = (cap0.stop(), cap1.stop());
+    let frames: Vec<Vec<u8>> = [&seen0, &seen1]
+        .iter()
+        .flat_map(|r| r.frames.iter().map(|f| f.data.clone()).collect::<Vec<_>>())
+        .collect();
+    // What came up B's uplink (each frame once).
+    let from_b: Vec<&[u8]> = seen1.incoming().map(|f| f.data.as_slice()).collect();
+    let stream = PingStream::parse(&text);
+
+    // The guest runs on B, bound there under the same domain UUID with B's own outside MAC.
+    assert_eq!(b.libvirtd.running(), std::slice::from_ref(&dom));
+    assert!(a.libvirtd.running().is_empty());
+    let dest = bindings(&b.daemon);
+    assert_eq!(dest.len(), 1, "{dest:?}");
+    let (vm, port, inside, outside_b, _) = dest[0].clone();
+    assert_eq!(
+        (vm.as_str(), inside.as_str()),
+        (uuid.as_str(), mac.as_str())
+    );
+    assert_eq!(b.libvirtd.taps(&dom)[0].0, port);
+    assert!(outside_b.starts_with("02:00:5e:01:02:"), "{outside_b}");
+    // The source released its MAC into hold-down.
+    assert!(bindings(&a.daemon).is_empty(), "{:?}", bindings(&a.daemon));
+    assert!(
+        held(&a.daemon).contains(&outside_a),
+        "{:?}",
+        held(&a.daemon)
+    );
+    // The peer follows the new outside MAC; it never saw the inside MAC.
+    assert_eq!(
+        neighbour(&lab.peer, GUEST_IP).map(|m| fmt_mac(&m)),
+        Some(outside_b.clone())
+    );
+    assert_only_outside(&frames, &mac, &outside_a);
+    assert_only_outside(&frames, &mac, &outside_b);
+    // How the destination made itself known: QEMU's RARP, or ARP (the guest's own announcement
+    // through virtio's guest-announce, or the daemon's gratuitous ARP), from the new outside MAC.
+    let new_mac = parse_mac(&outside_b).expect("a MAC");
+    let from_new = |ethertype: u16| {
+        from_b
+            .iter()
+            .filter(|f| {
+                f.len() >= 14
+                    && f[6..12] == new_mac
+                    && u16::from_be_bytes([f[12], f[13]]) == ethertype
+            })
+            .count()
+    };
+    let (rarp, arp) = (from_new(0x8035), from_new(0x0806));
+
+    let figures = Figures {
+        stream,
+        interval_ms,
+        migrate_ms,
+    };
+    eprintln!(
+        "libvirt: live migration: virsh migrate took {} ms; ping every {} ms: {} sent, {} \
+         received, {} lost, longest gap {:.1} ms; up B's uplink came {rarp} RARP and {arp} ARP \
+         frames from the new outside MAC",
+        figures.migrate_ms,
+        interval_ms,
+        figures.stream.sent,
+        figures.stream.received,
+        figures.stream.lost.len(),
+        figures.stream.max_gap_ms,
+    );
+    write_bench(&figures, &outside_a, &outside_b);
+    // The stream continued: it ended with replies from the destination.
+    let s = &figures.stream;
+    assert!(s.sent > 100, "{s:?}");
+    assert!(
+        s.lost.last().is_none_or(|&l| l + 50 < s.sent),
+        "the ping stream did not recover after the migration: {s:?}\n{text}"
+    );
+
+    // Stopping it on B releases there.
+    b.libvirtd.virsh_ok(&["destroy", &dom]);
+    assert!(bindings(&b.daemon).is_empty());
+    assert!(held(&b.daemon).contains(&outside_b));
+}

@@ -211,3 +211,45 @@ fn an_address_learned_from_the_vm_is_announced() {
     assert_eq!(announcements(&seen, outside, vm.ip.octets()), 3);
     assert!(d.log().contains("announced"), "{}", d.log());
 }
+
+#[test]
+fn a_vm_bound_ahead_of_time_is_announced_on_its_first_frame() {
+    let lab = Lab::new(1);
+    let vm = &lab.vms[0];
+    let d = Daemon::start(&lab.hv, &["--pool", POOL, "--rack", "1", "--host", "3"]);
+    let outside: Mac = [2, 0, 0x5e, 1, 3, 0];
+    let cap = Capture::in_netns(&lab.peer.ns, &lab.peer.ifname);
+    // As for an incoming migration: bound before the VM runs here, announced once it does.
+    let reply = d.request(&format!(
+        r#"{{"op":"attach_vm","vm":"vm0","ports":[{{"port":"{}","mac":"{}","ips":["{}"]}}]}}"#,
+        vm.port,
+        mac_str(&vm.mac),
+        vm.ip
+    ));
+    assert_eq!(
+        reply["ok"]["attached"][0]["outside"],
+        fmt_mac(&outside),
+        "{reply}"
+    );
+    sleep(Duration::from_millis(700));
+    ping(&vm.ns, PEER_IP, 1).expect("vm0 reaches the peer");
+    sleep(Duration::from_millis(1300));
+    let seen = cap.stop();
+    let garps: Vec<usize> = seen
+        .frames
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            f.addrs().arp.is_some_and(|a| {
+                a.sha == outside && a.spa == vm.ip.octets() && a.tpa == vm.ip.octets()
+            })
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(garps.len(), 3, "three announcements");
+    // None before the VM's first frame (its ARP for the peer) reached the wire.
+    let first_from_vm = (0..seen.frames.len())
+        .find(|i| !garps.contains(i) && seen.frames[*i].addrs().src == outside)
+        .expect("a frame from the VM");
+    assert!(first_from_vm < garps[0], "announced before the VM ran");
+}

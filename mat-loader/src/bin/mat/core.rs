@@ -130,9 +130,11 @@ impl Core {
                 .map_err(|r| anyhow::anyhow!("{r}"))?;
         }
         for p in self.state.ports.clone() {
-            self.dp
-                .attach(&p.name, Mode::Port)
-                .with_context(|| format!("attaching to {}", p.name))?;
+            // One port that cannot take the programs (another mode on it, say) must not keep the
+            // daemon, and every other port, from running.
+            if let Err(e) = self.dp.attach(&p.name, Mode::Port) {
+                warn!(port = p.name, error = %e, "attaching the programs at start");
+            }
         }
         let ours: HashSet<u32> = self.state.ports.iter().map(|p| p.ifindex).collect();
         let mut stray: Vec<u32> = self

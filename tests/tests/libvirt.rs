@@ -263,6 +263,21 @@ fn start_reconnect_and_stop_under_libvirt() {
     assert_eq!(bindings(d), before, "reconnect changed a binding");
     ping(&lab.peer, GUEST_IP, 3).expect("ping after the libvirtd restart");
 
+    // Save: released into hold-down. Restore: a new tap, the same outside MAC back.
+    let saved = lab.dir.join("guest.save");
+    lv.virsh_ok(&["save", &dom, &saved.to_string_lossy()]);
+    assert!(bindings(d).is_empty(), "{:?}", bindings(d));
+    assert!(held(d).contains(&outside), "{:?}", held(d));
+    lv.virsh_ok(&["restore", &saved.to_string_lossy()]);
+    let restored = bindings(d);
+    assert_eq!(restored.len(), 1, "{restored:?}");
+    assert_eq!(restored[0].1, lv.taps(&dom)[0].0);
+    assert_eq!(
+        (restored[0].0.as_str(), restored[0].3.as_str()),
+        (uuid.as_str(), outside.as_str())
+    );
+    ping(&lab.peer, GUEST_IP, 3).expect("ping after restore");
+
     // Stop: released into hold-down.
     lv.virsh_ok(&["destroy", &dom]);
     assert!(bindings(d).is_empty(), "{:?}", bindings(d));
@@ -275,6 +290,8 @@ struct Figures {
     stream: PingStream,
     interval_ms: u64,
     migrate_ms: u128,
+    /// The guest's pause as QEMU measured it (`virsh domjobinfo --completed`).
+    downtime_ms: Option<u64>,
 }
 
 fn write_bench(f: &Figures, source: &str, destination: &str) {
@@ -288,6 +305,7 @@ fn write_bench(f: &Figures, source: &str, destination: &str) {
         "lost": f.stream.lost.len(),
         "gap_ms": (f.stream.max_gap_ms * 10.0).round() / 10.0,
         "virsh_migrate_ms": f.migrate_ms,
+        "qemu_downtime_ms": f.downtime_ms,
         "outside_before": source,
         "outside_after": destination,
     });
@@ -336,8 +354,8 @@ impl Drop for PingGuard {
 #[test]
 fn live_migration_between_two_libvirtd() {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let lab = Lab::new(2);
-    let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
+    let mut lab = Lab::new(2);
+    let a = &lab.hosts[0];
     let dom = unique("matvm");
     let mac = guest_mac();
     let uuid = lab.start_guest(0, &dom, &mac, Nic::Network("matnet"));
@@ -349,6 +367,35 @@ fn live_migration_between_two_libvirtd() {
         neighbour(&lab.peer, GUEST_IP).map(|m| fmt_mac(&m)),
         Some(outside_a.clone())
     );
+
+    // A failed incoming migration (B's daemon is down, so B's start hook refuses) leaves the
+    // source untouched and nothing on the destination.
+    lab.hosts[1].daemon.kill9();
+    let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
+    let out = a.libvirtd.virsh(&[
+        "migrate",
+        "--live",
+        &dom,
+        &b.libvirtd.migration_uri(),
+        "tcp://127.0.0.1",
+        "--listen-address",
+        "127.0.0.1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "migrated without B's daemon");
+    assert!(err.contains("cannot reach the mat daemon"), "{err}");
+    assert_eq!(a.libvirtd.running(), std::slice::from_ref(&dom));
+    assert!(b.libvirtd.running().is_empty());
+    assert_eq!(
+        bindings(&a.daemon),
+        source,
+        "the failed migration changed the source"
+    );
+    ping(&lab.peer, GUEST_IP, 3).expect("ping after the failed migration");
+    lab.hosts[1].daemon.spawn();
+    lab.hosts[1].daemon.wait_ready();
+    let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
+    assert!(bindings(&b.daemon).is_empty(), "{:?}", bindings(&b.daemon));
 
     // Everything the peer receives from both uplinks during the migration.
     let cap0 = Capture::in_netns(&lab.peer, "p0");
@@ -367,6 +414,12 @@ fn live_migration_between_two_libvirtd() {
         "127.0.0.1",
     ]);
     let migrate_ms = t.elapsed().as_millis();
+    // QEMU's own figure for the time the guest was paused (libvirt keeps the completed job).
+    let jobinfo = a.libvirtd.virsh(&["domjobinfo", "--completed", &dom]);
+    let downtime_ms: Option<u64> = String::from_utf8_lossy(&jobinfo.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Total downtime:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok());
     // Let the stream settle on the destination, then stop it.
     std::thread::sleep(Duration::from_secs(4));
     let text = pinger.stop();
@@ -424,12 +477,14 @@ fn live_migration_between_two_libvirtd() {
         stream,
         interval_ms,
         migrate_ms,
+        downtime_ms,
     };
     eprintln!(
-        "libvirt: live migration: virsh migrate took {} ms; ping every {} ms: {} sent, {} \
-         received, {} lost, longest gap {:.1} ms; up B's uplink came {rarp} RARP and {arp} ARP \
-         frames from the new outside MAC",
+        "libvirt: live migration: virsh migrate took {} ms, QEMU's downtime {:?} ms; ping every \
+         {} ms: {} sent, {} received, {} lost, longest gap {:.1} ms; up B's uplink came {rarp} \
+         RARP and {arp} ARP frames from the new outside MAC",
         figures.migrate_ms,
+        figures.downtime_ms,
         interval_ms,
         figures.stream.sent,
         figures.stream.received,

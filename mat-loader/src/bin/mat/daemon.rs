@@ -6,7 +6,7 @@ use std::{
     io::ErrorKind,
     mem::size_of,
     net::Ipv4Addr,
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
@@ -121,8 +121,12 @@ fn listen(path: &Path) -> Result<UnixListener> {
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => bail!("another daemon is listening on {}", path.display()),
         Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(_) => std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale socket {}", path.display()))?,
+        // Only a socket is ours to replace; anything else at that path is left alone.
+        Err(_) if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) => {
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?
+        }
+        Err(e) => bail!("{} exists and is not a live socket: {e}", path.display()),
     }
     // No window in which the socket is open to others: umask first, then bind.
     // SAFETY: umask(2) cannot fail; nothing else creates files at this point.

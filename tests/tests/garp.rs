@@ -194,21 +194,25 @@ fn a_moved_vm_is_found_at_its_new_outside_mac_within_a_second() {
 
 #[test]
 fn an_address_learned_from_the_vm_is_announced() {
-    let lab = Lab::new(1);
-    let vm = &lab.vms[0];
+    let lab = Lab::new(2);
+    let (vm, other) = (&lab.vms[0], &lab.vms[1]);
     let d = Daemon::start(&lab.hv, &["--pool", POOL, "--rack", "1", "--host", "3"]);
     let outside: Mac = [2, 0, 0x5e, 1, 3, 0];
     // No --ip: the daemon learns the address from the VM's own ARP.
     d.cli_ok(&["attach", &vm.port, "--mac", &mac_str(&vm.mac)]);
     let cap = Capture::in_netns(&lab.peer.ns, &lab.peer.ifname);
+    let neighbour_cap = Capture::in_netns(&other.ns, &other.ifname);
     ping(&vm.ns, PEER_IP, 1).expect("vm0 reaches the peer");
-    wait_for("three announcements", Duration::from_secs(3), || {
+    wait_for("the learned address", Duration::from_secs(3), || {
         let list = d.cli_json(&["list"]);
         list["bindings"][0]["learned"] == serde_json::json!([vm.ip.to_string()])
     });
     sleep(Duration::from_millis(1300));
     let seen = cap.stop();
+    let seen_by_other = neighbour_cap.stop();
+    // Beyond the uplink, and by the other VM on the same bridge.
     assert_eq!(announcements(&seen, outside, vm.ip.octets()), 3);
+    assert_eq!(announcements(&seen_by_other, outside, vm.ip.octets()), 3);
     assert!(d.log().contains("announced"), "{}", d.log());
 }
 

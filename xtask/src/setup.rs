@@ -14,6 +14,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libpolly-22-dev", "/usr/lib/llvm-22/lib/libPolly.a"),
     // End-to-end tests ping between namespaces.
     ("iputils-ping", "/usr/bin/ping"),
+    // `cargo xtask bench`: the traffic generator, the peers MAT is compared with (ebtables-nft
+    // comes with iptables; this kernel has no legacy ebtables), and offload state.
+    ("iperf3", "/usr/bin/iperf3"),
+    ("nftables", "/usr/sbin/nft"),
+    ("iptables", "/usr/sbin/ebtables-nft"),
+    ("ethtool", "/usr/sbin/ethtool"),
 ];
 
 pub fn run() -> Result<()> {

@@ -3,8 +3,10 @@
 //! table and writes target/bench/bench.json. Nothing here asserts a timing: the targets are
 //! reported as met or missed.
 
+mod control;
 mod prog;
 mod stats;
+mod traffic;
 
 use std::{fmt::Write as _, path::PathBuf, time::Instant};
 
@@ -25,6 +27,20 @@ impl<T> Part<T> {
         match r {
             Ok(t) => Part::Measured(t),
             Err(e) => Part::Failed(format!("{e:#}")),
+        }
+    }
+
+    /// Runs `f`, turning an error or a panic (the namespace helpers panic) into `Failed`.
+    fn catch(f: impl FnOnce() -> Result<T>) -> Self {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(r) => Part::from(r),
+            Err(p) => Part::Failed(format!(
+                "panicked: {}",
+                p.downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| p.downcast_ref::<&str>().copied())
+                    .unwrap_or("?")
+            )),
         }
     }
 
@@ -53,6 +69,8 @@ struct Report {
     started_unix_s: u64,
     seconds: f64,
     prog: Part<Vec<prog::Row>>,
+    traffic: Part<traffic::Report>,
+    control: Part<control::Report>,
     targets: Vec<Target>,
     notes: Vec<String>,
 }
@@ -74,7 +92,9 @@ pub fn run(quick: bool) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         seconds: 0.0,
-        prog: Part::Skipped("not run yet".into()),
+        prog: Part::Skipped("not picked by MAT_BENCH_PARTS".into()),
+        traffic: Part::Skipped("not picked by MAT_BENCH_PARTS".into()),
+        control: Part::Skipped("not picked by MAT_BENCH_PARTS".into()),
         targets: Vec::new(),
         notes: vec![prog::NOTE.into()],
     };
@@ -94,15 +114,116 @@ pub fn run(quick: bool) -> Result<()> {
         "bench: per-packet cost, {} rounds of {} test runs per case",
         cfg.rounds, cfg.repeats
     );
-    report.prog = Part::from(prog::run(&cfg));
+    if wanted("prog") {
+        report.prog = Part::catch(|| prog::run(&cfg));
+    }
     if let Some(rows) = report.prog.get() {
         report.targets.extend(prog::targets(rows));
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    write(&out, &report)?;
+
+    let cfg = traffic::Config {
+        seconds: if quick { 2 } else { 4 },
+        rounds: if quick { 1 } else { 5 },
+    };
+    if wanted("traffic") {
+        report.traffic = Part::catch(|| traffic::run(&cfg));
+    }
+    if let Some(t) = report.traffic.get() {
+        report.targets.extend(traffic::targets(t));
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    write(&out, &report)?;
+
+    let cfg = if quick {
+        control::Config {
+            sizes: control::sizes(&[0, 1_000]),
+            cold_start_max: 1_000,
+            socket_ops: 20,
+            cli_ops: 5,
+        }
+    } else {
+        control::Config {
+            sizes: control::sizes(&[0, 1_000, 4_096]),
+            cold_start_max: 1_000,
+            socket_ops: 200,
+            cli_ops: 50,
+        }
+    };
+    if wanted("control") {
+        report.control = Part::catch(|| control::run(&cfg));
+    }
+    if let Some(c) = report.control.get() {
+        report.targets.extend(control::targets(c));
     }
     report.seconds = start.elapsed().as_secs_f64();
     write(&out, &report)?;
     print!("{}", table(&report));
     println!("\nwritten: {}", out.display());
     Ok(())
+}
+
+/// A snapshot of the machine's load, to report how quiet a part ran.
+pub struct Load {
+    loadavg: f64,
+    cpu: Vec<u64>,
+}
+
+#[derive(Serialize)]
+pub struct LoadReport {
+    pub loadavg_before: f64,
+    pub loadavg_after: f64,
+    /// Share of CPU time the hypervisor took from this machine.
+    pub steal_pct: f64,
+    /// Share of CPU time busy (anything but idle and iowait), the bench's own work included.
+    pub busy_pct: f64,
+}
+
+impl Load {
+    pub fn now() -> Load {
+        let loadavg = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(f64::NAN);
+        let cpu = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().next()?.to_owned();
+                Some(
+                    line.split_whitespace()
+                        .skip(1)
+                        .filter_map(|v| v.parse().ok())
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        Load { loadavg, cpu }
+    }
+
+    pub fn since(&self) -> LoadReport {
+        let now = Load::now();
+        let d: Vec<f64> = now
+            .cpu
+            .iter()
+            .zip(&self.cpu)
+            .map(|(a, b)| a.saturating_sub(*b) as f64)
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let total: f64 = d.iter().take(8).sum();
+        let at = |i: usize| d.get(i).copied().unwrap_or(0.0);
+        LoadReport {
+            loadavg_before: self.loadavg,
+            loadavg_after: now.loadavg,
+            steal_pct: 100.0 * at(7) / total,
+            busy_pct: 100.0 * (total - at(3) - at(4)) / total,
+        }
+    }
+}
+
+/// `MAT_BENCH_PARTS=prog,traffic,control` (the default: all) picks parts, for working on one.
+fn wanted(part: &str) -> bool {
+    std::env::var("MAT_BENCH_PARTS").map_or(true, |v| v.split(',').any(|p| p.trim() == part))
 }
 
 fn write(path: &PathBuf, report: &Report) -> Result<()> {
@@ -125,6 +246,24 @@ fn table(report: &Report) -> String {
         }
         Part::Failed(why) => {
             let _ = writeln!(s, "\nper-packet cost: FAILED: {why}");
+        }
+    }
+    match &report.traffic {
+        Part::Measured(t) => s.push_str(&traffic::table(t)),
+        Part::Skipped(why) => {
+            let _ = writeln!(s, "\ntraffic: skipped: {why}");
+        }
+        Part::Failed(why) => {
+            let _ = writeln!(s, "\ntraffic: FAILED: {why}");
+        }
+    }
+    match &report.control {
+        Part::Measured(c) => s.push_str(&control::table(c)),
+        Part::Skipped(why) => {
+            let _ = writeln!(s, "\ncontrol plane: skipped: {why}");
+        }
+        Part::Failed(why) => {
+            let _ = writeln!(s, "\ncontrol plane: FAILED: {why}");
         }
     }
     if !report.targets.is_empty() {

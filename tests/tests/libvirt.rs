@@ -458,6 +458,15 @@ fn live_migration_between_two_libvirtd() {
     );
     assert_only_outside(&frames, &mac, &outside_a);
     assert_only_outside(&frames, &mac, &outside_b);
+    // B announced the guest's address (from the metadata) from its outside MAC: `attach_vm`
+    // announces nothing itself, so this came from the data plane's first-frame event.
+    let log = b.daemon.log();
+    assert!(
+        log.lines().any(|l| l.contains("announced")
+            && l.contains(&outside_b)
+            && l.contains("198.51.100.10")),
+        "B's daemon never announced the guest:\n{log}"
+    );
     // How the destination made itself known: QEMU's RARP, or ARP (the guest's own announcement
     // through virtio's guest-announce, or the daemon's gratuitous ARP), from the new outside MAC.
     let new_mac = parse_mac(&outside_b).expect("a MAC");

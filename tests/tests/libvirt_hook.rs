@@ -22,6 +22,7 @@ use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/libvirt");
 const UUID_TWO: &str = "1a1a2041-d18d-483e-a1b9-5f57ceffe17d";
+const UUID_ONE: &str = "7b89abb6-76db-42ff-9775-a447d5245255";
 const MAC_A: &str = "52:54:00:aa:00:01";
 const MAC_B: &str = "52:54:00:aa:00:02";
 const MAC_ONE: &str = "52:54:00:aa:00:03";
@@ -290,6 +291,20 @@ fn every_operation_of_a_domains_life() {
     );
     assert_ok(&rel, "one NIC release");
     assert_eq!(bindings(&d).len(), 2, "only matg2's binding was released");
+
+    // A tap bound by hand with the domain UUID (what a hotplugged interface needs) is the same
+    // VM port to the hook: a reconnect keeps it as it is.
+    d.cli_ok(&["attach", "vnet2", "--mac", MAC_ONE, "--vm", UUID_ONE]);
+    let before = bindings(&d);
+    let r = hook.run(
+        &ns,
+        "matg2",
+        "reconnect",
+        "begin",
+        &fixture("one-nic.start.xml"),
+    );
+    assert_ok(&r, "reconnect after a hand attach");
+    assert_eq!(bindings(&d), before);
 }
 
 #[test]

@@ -21,8 +21,12 @@
 //!
 //! It reads stdin to the end whatever the operation, makes at most one connection to the daemon,
 //! gives up after [`TIMEOUT`], never calls back into libvirt (libvirtd waits for the hook: that
-//! would deadlock) and starts no child process. Interfaces hotplugged into a running domain
-//! fire no hook and are not translated.
+//! would deadlock) and starts no child process.
+//!
+//! Interfaces hotplugged into a running domain are not translated: libvirt fires no hook for
+//! them, so there is no domain UUID to key them by, and the new tap's own MAC (the guest's with
+//! its first octet replaced by fe) does not tell the guest MAC. `mat attach TAP --mac GUEST-MAC
+//! --vm UUID` binds one by hand, and the next `reconnect` or migration keeps it (same VM and MAC).
 
 use std::{
     fs,

@@ -5,6 +5,7 @@
 
 mod control;
 mod prog;
+mod relay;
 mod stats;
 mod traffic;
 
@@ -124,7 +125,7 @@ pub fn run(quick: bool) -> Result<()> {
     write(&out, &report)?;
 
     let cfg = traffic::Config {
-        seconds: if quick { 2 } else { 4 },
+        seconds: if quick { 1 } else { 4 },
         rounds: if quick { 1 } else { 5 },
     };
     if wanted("traffic") {
@@ -138,7 +139,7 @@ pub fn run(quick: bool) -> Result<()> {
 
     let cfg = if quick {
         control::Config {
-            sizes: control::sizes(&[0, 1_000]),
+            sizes: control::sizes(&[0, 256]),
             cold_start_max: 1_000,
             socket_ops: 20,
             cli_ops: 5,

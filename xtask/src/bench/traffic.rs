@@ -32,7 +32,7 @@ use mat_tests::{
 };
 use serde::Serialize;
 
-use super::stats::median;
+use super::{relay::Relay, stats::median};
 
 const VM_IP: &str = "192.0.2.1";
 const PEER_IP: &str = "192.0.2.2";
@@ -60,10 +60,13 @@ pub enum Kind {
     Nftables,
     Ebtables,
     Vxlan,
+    TapBaseline,
+    TapMatPort,
+    TapMatPortXdp,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 10] = [
         Kind::Baseline,
         Kind::MatPort,
         Kind::MatPortXdp,
@@ -71,6 +74,9 @@ impl Kind {
         Kind::Nftables,
         Kind::Ebtables,
         Kind::Vxlan,
+        Kind::TapBaseline,
+        Kind::TapMatPort,
+        Kind::TapMatPortXdp,
     ];
 
     pub fn label(self) -> &'static str {
@@ -82,12 +88,32 @@ impl Kind {
             Kind::Nftables => "nftables netdev maps",
             Kind::Ebtables => "ebtables snat/dnat",
             Kind::Vxlan => "VXLAN overlay",
+            Kind::TapBaseline => "tap: baseline",
+            Kind::TapMatPort => "tap: MAT port, TC both ways",
+            Kind::TapMatPortXdp => "tap: MAT port, XDP from VM",
+        }
+    }
+
+    /// Whether the VM's port is a tap driven by [`Relay`] rather than a veth.
+    fn is_tap(self) -> bool {
+        matches!(
+            self,
+            Kind::TapBaseline | Kind::TapMatPort | Kind::TapMatPortXdp
+        )
+    }
+
+    /// The row this one's ratios compare with.
+    fn baseline(self) -> Kind {
+        if self.is_tap() {
+            Kind::TapBaseline
+        } else {
+            Kind::Baseline
         }
     }
 
     /// Whether the peer should see the outside MAC.
     fn translates(self) -> bool {
-        !matches!(self, Kind::Baseline | Kind::Vxlan)
+        !matches!(self, Kind::Baseline | Kind::Vxlan | Kind::TapBaseline)
     }
 }
 
@@ -156,6 +182,8 @@ pub struct Report {
 }
 
 struct Lab {
+    /// Dropped first: stops the relay threads before the namespaces go.
+    _relay: Option<Relay>,
     kind: Kind,
     vm: Netns,
     hv: Netns,
@@ -169,6 +197,8 @@ struct Lab {
     dp: Option<TestDataplane>,
     notes: Vec<String>,
     _server: ChildGuard,
+    /// Tap rows: the namespace of the relay's end of the VM's veth, and that end's name.
+    qemu: Option<(Netns, String)>,
 }
 
 pub fn run(cfg: &Config) -> Result<Report> {
@@ -227,11 +257,11 @@ pub fn run(cfg: &Config) -> Result<Report> {
             .into_iter()
             .enumerate()
             .map(|(m, metric)| {
-                let ratios: Vec<f64> = values[l][m]
+                let base = labs
                     .iter()
-                    .zip(&values[0][m])
-                    .map(|(v, b)| v / b)
-                    .collect();
+                    .position(|b| b.kind == lab.kind.baseline())
+                    .map_or(&[][..], |b| &values[b][m][..]);
+                let ratios: Vec<f64> = values[l][m].iter().zip(base).map(|(v, b)| v / b).collect();
                 Figure {
                     metric,
                     value: median(&values[l][m]),
@@ -287,20 +317,45 @@ impl Lab {
             name("bx"),
         );
         hv.ip(&["link", "add", &br, "type", "bridge"]);
-        hv.ip(&[
-            "link",
-            "add",
-            &p,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &v,
-            "address",
-            INSIDE,
-            "netns",
-            vm.name(),
-        ]);
+        let mut relay = None;
+        let mut qemu = None;
+        if kind.is_tap() {
+            // VM [v] ==veth== [q] in the "QEMU" namespace, relayed to the tap [p] in hv.
+            let ns = Netns::new("bqm");
+            let q = name("bq");
+            ns.ip(&[
+                "link",
+                "add",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &v,
+                "address",
+                INSIDE,
+                "netns",
+                vm.name(),
+            ]);
+            ns.ip(&["link", "set", &q, "up"]);
+            relay = Some(Relay::new(&hv, &p, &ns, &q)?);
+            qemu = Some((ns, q));
+        } else {
+            hv.ip(&[
+                "link",
+                "add",
+                &p,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &v,
+                "address",
+                INSIDE,
+                "netns",
+                vm.name(),
+            ]);
+        }
         hv.ip(&[
             "link",
             "add",
@@ -371,6 +426,8 @@ impl Lab {
         }
         let server = peer.spawn("iperf3", &["-s", "-B", PEER_IP]);
         let mut lab = Lab {
+            _relay: relay,
+            qemu,
             kind,
             vm,
             hv,
@@ -400,13 +457,17 @@ impl Lab {
     fn translate(&mut self) -> Result<()> {
         let kind = self.kind;
         match kind {
-            Kind::Baseline | Kind::Vxlan => {}
-            Kind::MatPort | Kind::MatPortXdp | Kind::MatUplink => {
+            Kind::Baseline | Kind::Vxlan | Kind::TapBaseline => {}
+            Kind::MatPort
+            | Kind::MatPortXdp
+            | Kind::MatUplink
+            | Kind::TapMatPort
+            | Kind::TapMatPortXdp => {
                 let mut dp = TestDataplane::new();
                 dp.set_pools(&[super::prog::POOL])?;
                 let (ifname, mode) = match kind {
-                    Kind::MatPort => (self.p.clone(), Mode::Port),
-                    Kind::MatPortXdp => (self.p.clone(), Mode::PortXdp),
+                    Kind::MatPort | Kind::TapMatPort => (self.p.clone(), Mode::Port),
+                    Kind::MatPortXdp | Kind::TapMatPortXdp => (self.p.clone(), Mode::PortXdp),
                     _ => (self.u.clone(), Mode::Uplink),
                 };
                 let ifindex = self.hv.enter(|| -> Result<u32> {
@@ -580,6 +641,9 @@ impl Lab {
         if self.kind == Kind::Vxlan {
             path.push(("vxlan-hv", &self.hv, &self.vx));
             path.push(("vxlan-peer", &self.peer, &self.vx));
+        }
+        if let Some((ns, q)) = &self.qemu {
+            path.push(("relay end of the VM's veth", ns, q));
         }
         path.into_iter()
             .map(|(role, ns, ifname)| (format!("{role} ({ifname})"), offload_state(ns, ifname)))

@@ -4,7 +4,8 @@
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// A VM's ARP showed a new IPv4 address for its inside MAC (`ipv4` holds it).
+    /// A VM's ARP showed a new IPv4 address for its inside MAC (`ipv4` holds it; the from-VM
+    /// binding keeps it too).
     Learned = 1,
     /// The first frame from a binding flagged [`crate::maps::BINDING_ANNOUNCE`]: the VM runs.
     Active = 2,

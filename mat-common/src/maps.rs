@@ -8,22 +8,18 @@ pub const TO_VM: &str = "MAT_TO_VM";
 pub const POOLS: &str = "MAT_POOLS";
 /// Per-CPU counters, indexed by [`crate::counters::index`].
 pub const COUNTERS: &str = "MAT_COUNTERS";
-/// IPv4 addresses learned from the VMs' own ARP: (port, inside MAC) -> IPv4.
-pub const LEARNED: &str = "MAT_LEARNED";
 /// Ring buffer of [`crate::event::Event`]s for the control plane.
 pub const EVENTS: &str = "MAT_EVENTS";
 
 /// Entries in each binding map: room for 65,536 VMs plus headroom.
 pub const MAX_BINDINGS: u32 = 1 << 17;
-/// Entries in the learned-address map.
-pub const MAX_LEARNED: u32 = 1 << 17;
 /// Bytes in the event ring buffer (a power of two pages).
 pub const EVENTS_BYTES: u32 = 1 << 18;
 
 /// Ports use their ifindex in keys; uplink mode keys by MAC only and uses this ifindex.
 pub const UPLINK_IFINDEX: u32 = 0;
 
-/// Key of the binding and learned-address maps.
+/// Key of the binding maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct BindingKey {
@@ -49,6 +45,11 @@ pub struct Binding {
     pub mac: crate::MacAddr,
     /// `BINDING_*` flags.
     pub flags: u16,
+    /// From-VM bindings: the IPv4 address (network order) the VM last claimed in its own ARP,
+    /// zero until then. Kept in the binding that the ARP path has already looked up, so learning
+    /// costs no extra lookup; this makes the from-VM map the learned-address map
+    /// (port, inside MAC) -> IPv4.
+    pub ipv4: [u8; 4],
 }
 
 /// Set by the control plane on a from-VM binding: the next frame from the VM raises an
@@ -57,7 +58,11 @@ pub const BINDING_ANNOUNCE: u16 = 1;
 
 impl Binding {
     pub const fn new(mac: crate::MacAddr, flags: u16) -> Self {
-        Self { mac, flags }
+        Self {
+            mac,
+            flags,
+            ipv4: [0; 4],
+        }
     }
 }
 

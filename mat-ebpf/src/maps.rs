@@ -8,9 +8,11 @@ use aya_ebpf::{
 use mat_common::{
     counters::{self, Hook, Outcome},
     event::{Event, EventKind},
-    maps::{Binding, BindingKey, BINDING_ANNOUNCE, EVENTS_BYTES, MAX_BINDINGS, MAX_LEARNED},
+    maps::{Binding, BindingKey, BINDING_ANNOUNCE, EVENTS_BYTES, MAX_BINDINGS},
     pool::{Pools, MAX_POOLS},
 };
+
+use core::ptr::addr_of_mut;
 
 use crate::mac::Mac;
 
@@ -25,9 +27,6 @@ static POOLS: Array<Pools> = Array::pinned(1, 0);
 
 #[map(name = "MAT_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::ENTRIES, 0);
-
-#[map(name = "MAT_LEARNED")]
-static LEARNED: HashMap<BindingKey, [u8; 4]> = HashMap::pinned(MAX_LEARNED, 0);
 
 #[map(name = "MAT_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
@@ -87,17 +86,19 @@ pub fn announce_if_pending(b: *mut Binding, ifindex: u32, inside: Mac) {
     notify(EventKind::Active, ifindex, inside, [0; 4]);
 }
 
-/// Records the IPv4 address a VM claims for its inside MAC; a new or changed one raises an event.
+/// Records in the VM's binding the IPv4 address it claims for its inside MAC; a new or changed
+/// one raises an event.
 #[inline(always)]
-pub fn learn(ifindex: u32, inside: Mac, ipv4: [u8; 4]) {
-    let key = inside.key(ifindex);
-    // SAFETY: read-only look at a map value.
-    if unsafe { LEARNED.get(key) } == Some(&ipv4) {
-        return;
+pub fn learn(b: *mut Binding, ifindex: u32, inside: Mac, ipv4: u32) {
+    // SAFETY: `b` points into a map value for this program's run; `ipv4` sits 4-byte aligned in it.
+    unsafe {
+        let learned = addr_of_mut!((*b).ipv4) as *mut u32;
+        if learned.read() == ipv4 {
+            return;
+        }
+        learned.write(ipv4);
     }
-    if LEARNED.insert(key, ipv4, 0).is_ok() {
-        notify(EventKind::Learned, ifindex, inside, ipv4);
-    }
+    notify(EventKind::Learned, ifindex, inside, ipv4.to_ne_bytes());
 }
 
 #[inline(always)]

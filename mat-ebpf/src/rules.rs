@@ -3,7 +3,7 @@
 
 use core::ptr::addr_of_mut;
 
-use mat_common::counters::Outcome;
+use mat_common::{counters::Outcome, maps::Binding};
 use network_types::eth::EthHdr;
 
 use crate::{frame::Frame, mac::Mac, maps, parse};
@@ -27,21 +27,19 @@ pub fn from_vm<F: Frame>(f: &mut F, ifindex: u32, mode: Mode) -> Outcome {
         unsafe { (addr_of_mut!((*eth).src_addr) as *mut u8, (*eth).ether_type) };
     // SAFETY: as above.
     let src = unsafe { Mac::read(src_p) };
-    let mut outside = None;
-    if src.can_bind() {
-        match maps::from_vm(ifindex, src) {
-            Some(b) => {
-                // SAFETY: `b` points at a live map value; `src_p` as above.
-                let out = unsafe { Mac::read((*b).mac.as_ptr()) };
-                unsafe { out.write(src_p) };
-                maps::announce_if_pending(b, ifindex, src);
-                outside = Some(out);
-            }
-            None if mode == Mode::Port && maps::in_pool(src) => return Outcome::SpoofDropped,
-            None => {}
+    let bound = lookup_from_vm(ifindex, src);
+    match bound {
+        Some(b) => {
+            // SAFETY: `b` points at a live map value; `src_p` as above.
+            unsafe { outside_of(b).write(src_p) };
+            maps::announce_if_pending(b, ifindex, src);
         }
+        None if mode == Mode::Port && src.can_bind() && maps::in_pool(src) => {
+            return Outcome::SpoofDropped
+        }
+        None => {}
     }
-    let outcome = if outside.is_some() {
+    let outcome = if bound.is_some() {
         Outcome::Translated
     } else {
         Outcome::Passed
@@ -49,18 +47,18 @@ pub fn from_vm<F: Frame>(f: &mut F, ifindex: u32, mode: Mode) -> Outcome {
     if !parse::may_carry_arp(ether_type) {
         return outcome;
     }
-    arp_from_vm(f, ifindex, mode, src, outside).unwrap_or(outcome)
+    arp_from_vm(f, ifindex, mode, src, bound).unwrap_or(outcome)
 }
 
 /// The ARP/RARP part of [`from_vm`]; `None` when no ARP field changed. `src` is the frame's
-/// original source and `outside` its translation, reused when the ARP names the same MAC.
+/// original source and `bound` its binding, reused when the ARP names the same MAC.
 #[inline(always)]
 fn arp_from_vm<F: Frame>(
     f: &mut F,
     ifindex: u32,
     mode: Mode,
     src: Mac,
-    outside: Option<Mac>,
+    bound: Option<*mut Binding>,
 ) -> Option<Outcome> {
     let offset = match parse::arp_offset(f) {
         Ok(Some(offset)) => offset,
@@ -73,32 +71,44 @@ fn arp_from_vm<F: Frame>(
     if !parse::is_ether_ipv4(arp) {
         return None;
     }
-    // SAFETY: `arp` is bounds checked for the whole ARP body.
+    // SAFETY: `arp` is bounds checked for the whole ARP body; the IPv4 address is 2-byte aligned
+    // like the MACs (see mac.rs).
     let (sha_p, tha_p, spa) = unsafe {
         (
             addr_of_mut!((*arp).sha) as *mut u8,
             addr_of_mut!((*arp).tha) as *mut u8,
-            (*arp).spa,
+            (addr_of_mut!((*arp).spa) as *const u32).read(),
         )
     };
     // SAFETY: as above.
     let (sha, tha) = unsafe { (Mac::read(sha_p), Mac::read(tha_p)) };
-    let sha_out = translate_from_vm(ifindex, sha, src, outside);
-    match sha_out {
-        Some(out) => {
-            // SAFETY: as above.
+    let sha_bound = if sha == src {
+        bound
+    } else {
+        lookup_from_vm(ifindex, sha)
+    };
+    let sha_out = match sha_bound {
+        Some(b) => {
+            // SAFETY: `b` points at a live map value; `sha_p` as above.
+            let out = unsafe { outside_of(b) };
             unsafe { out.write(sha_p) };
-            if spa != [0; 4] {
-                maps::learn(ifindex, sha, spa);
+            if spa != 0 {
+                maps::learn(b, ifindex, sha, spa);
             }
+            Some(out)
         }
         // An unbound sender from the outside pool claims another VM's MAC.
         None if mode == Mode::Port && sha.can_bind() && maps::in_pool(sha) => {
             return Some(Outcome::SpoofDropped)
         }
-        None => {}
-    }
-    let tha_out = translate_from_vm(ifindex, tha, sha, sha_out);
+        None => None,
+    };
+    let tha_out = if tha == sha {
+        sha_out
+    } else {
+        // SAFETY: the lookup returns a pointer to a live map value.
+        lookup_from_vm(ifindex, tha).map(|b| unsafe { outside_of(b) })
+    };
     if let Some(out) = tha_out {
         // SAFETY: as above.
         unsafe { out.write(tha_p) };
@@ -106,17 +116,22 @@ fn arp_from_vm<F: Frame>(
     (sha_out.is_some() || tha_out.is_some()).then_some(Outcome::ArpRewritten)
 }
 
-/// `mac`'s outside MAC, reusing `known -> known_out` when it is the same address.
+/// `mac`'s from-VM binding on `ifindex`; only addresses that can be bound are looked up.
 #[inline(always)]
-fn translate_from_vm(ifindex: u32, mac: Mac, known: Mac, known_out: Option<Mac>) -> Option<Mac> {
-    if mac == known {
-        return known_out;
-    }
+fn lookup_from_vm(ifindex: u32, mac: Mac) -> Option<*mut Binding> {
     if !mac.can_bind() {
         return None;
     }
-    // SAFETY: the lookup returns a pointer to a live map value.
-    maps::from_vm(ifindex, mac).map(|b| unsafe { Mac::read((*b).mac.as_ptr()) })
+    maps::from_vm(ifindex, mac)
+}
+
+/// The outside MAC a from-VM binding holds.
+///
+/// # Safety
+/// `b` must point at a live map value.
+#[inline(always)]
+unsafe fn outside_of(b: *const Binding) -> Mac {
+    Mac::read((*b).mac.as_ptr())
 }
 
 /// To the VM: Ethernet destination and ARP/RARP target outside -> inside.

@@ -193,7 +193,7 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Removes a binding and what was learned for it; missing entries are not an error.
+    /// Removes a binding (with what was learned for it); missing entries are not an error.
     pub fn unbind(&mut self, ifindex: u32, inside: MacAddr, outside: MacAddr) -> Result<(), Error> {
         // aya reports a missing key from `bpf_map_delete_elem` as the syscall's ENOENT.
         let ignore_missing = |r: Result<(), aya::maps::MapError>| match r {
@@ -213,9 +213,6 @@ impl Dataplane {
             self.bindings_mut(names::TO_VM)?
                 .remove(&BindingKey::new(ifindex, outside)),
         )?;
-        let mut learned: HashMap<_, BindingKey, [u8; 4]> =
-            HashMap::try_from(self.map_mut(names::LEARNED))?;
-        ignore_missing(learned.remove(&BindingKey::new(ifindex, inside)))?;
         Ok(())
     }
 
@@ -261,12 +258,15 @@ impl Dataplane {
         Ok(c)
     }
 
-    /// IPv4 addresses learned from the VMs' ARP, by (port, inside MAC).
+    /// IPv4 addresses learned from the VMs' ARP, by (port, inside MAC): kept in the from-VM
+    /// bindings.
     pub fn learned(&self) -> Result<Vec<(BindingKey, Ipv4Addr)>, Error> {
-        let map: HashMap<_, BindingKey, [u8; 4]> = HashMap::try_from(self.map(names::LEARNED))?;
-        map.iter()
-            .map(|r| r.map(|(k, ip)| (k, Ipv4Addr::from(ip))).map_err(Into::into))
-            .collect()
+        Ok(self
+            .bindings()?
+            .into_iter()
+            .filter(|(_, b)| b.ipv4 != [0; 4])
+            .map(|(k, b)| (k, Ipv4Addr::from(b.ipv4)))
+            .collect())
     }
 
     /// The event ring buffer; one consumer at a time.

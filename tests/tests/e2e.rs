@@ -443,7 +443,11 @@ fn data_plane_outlives_its_loader() {
         dp.bindings().expect("bindings"),
         vec![(
             BindingKey::new(vm.port_index, vm.mac),
-            Binding::new(outside(0), 0)
+            // The VM's ARP taught the binding its address.
+            Binding {
+                ipv4: vm.ip.octets(),
+                ..Binding::new(outside(0), 0)
+            }
         )]
     );
     assert_eq!(

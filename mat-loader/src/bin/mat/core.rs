@@ -162,7 +162,7 @@ impl Core {
         self.fix_maps()
     }
 
-    /// Corrects the binding and learned-address maps to the state.
+    /// Corrects the binding maps to the state.
     fn fix_maps(&mut self) -> Result<()> {
         let from: HashMap<(u32, Mac), Mac> = self
             .state
@@ -193,11 +193,6 @@ impl Core {
             if to.get(&(k.ifindex, Mac(k.mac))) != Some(&Mac(v.mac)) {
                 self.dp.unbind(k.ifindex, v.mac, k.mac)?;
                 removed += 1;
-            }
-        }
-        for (k, _) in self.dp.learned()? {
-            if k.ifindex != UPLINK_IFINDEX && !from.contains_key(&(k.ifindex, Mac(k.mac))) {
-                self.dp.unbind(k.ifindex, k.mac, [0; 6])?;
             }
         }
         let have_from: HashMap<BindingKey, Mac> = self

@@ -436,8 +436,14 @@ fn size(mat: &Path, run_dir: &Path, template: &Value, n: usize, cfg: &Config) ->
     let ns = Netns::new("bct");
     let id = unique("");
     let seeded_ports = ports(&ns, &format!("s{id}x"), n)?;
-    let socket_ports = ports(&ns, &format!("a{id}x"), cfg.socket_ops)?;
-    let cli_ports = ports(&ns, &format!("c{id}x"), cfg.cli_ops)?;
+    // At tens of thousands of bindings every change rewrites megabytes: fewer samples.
+    let (socket_ops, cli_ops) = if n > 10_000 {
+        (cfg.socket_ops.min(50), cfg.cli_ops.min(10))
+    } else {
+        (cfg.socket_ops, cfg.cli_ops)
+    };
+    let socket_ports = ports(&ns, &format!("a{id}x"), socket_ops)?;
+    let cli_ports = ports(&ns, &format!("c{id}x"), cli_ops)?;
     let setup_s = setup.elapsed().as_secs_f64();
     let dir = run_dir.join(format!("size-{n}"));
     std::fs::create_dir_all(dir.join("state"))?;

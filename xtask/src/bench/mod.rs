@@ -72,6 +72,8 @@ struct Report {
     prog: Part<Vec<prog::Row>>,
     traffic: Part<traffic::Report>,
     control: Part<control::Report>,
+    /// target/bench/migration.json as the libvirt migration test wrote it, if it ran.
+    migration: Part<serde_json::Value>,
     targets: Vec<Target>,
     notes: Vec<String>,
 }
@@ -81,7 +83,11 @@ pub fn run(quick: bool) -> Result<()> {
         bail!("the bench loads BPF programs and creates network namespaces: run as root");
     }
     let start = Instant::now();
-    let out = crate::workspace().join("target/bench/bench.json");
+    // MAT_BENCH_OUT writes elsewhere (a partial run kept beside a full one).
+    let out = std::env::var_os("MAT_BENCH_OUT").map_or_else(
+        || crate::workspace().join("target/bench/bench.json"),
+        PathBuf::from,
+    );
     let mut report = Report {
         command: format!("cargo xtask bench{}", if quick { " --quick" } else { "" }),
         quick,
@@ -96,6 +102,7 @@ pub fn run(quick: bool) -> Result<()> {
         prog: Part::Skipped("not picked by MAT_BENCH_PARTS".into()),
         traffic: Part::Skipped("not picked by MAT_BENCH_PARTS".into()),
         control: Part::Skipped("not picked by MAT_BENCH_PARTS".into()),
+        migration: migration(),
         targets: Vec::new(),
         notes: vec![prog::NOTE.into()],
     };
@@ -222,6 +229,22 @@ impl Load {
     }
 }
 
+/// The gap the libvirt live-migration test measured (it writes target/bench/migration.json);
+/// the bench does not migrate by itself.
+fn migration() -> Part<serde_json::Value> {
+    let path = crate::workspace().join("target/bench/migration.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match serde_json::from_str(&text) {
+            Ok(v) => Part::Measured(v),
+            Err(e) => Part::Failed(format!("{}: {e}", path.display())),
+        },
+        Err(_) => Part::Skipped(format!(
+            "{} not found: the libvirt live-migration test (cargo xtask test) writes it",
+            path.display()
+        )),
+    }
+}
+
 /// `MAT_BENCH_PARTS=prog,traffic,control` (the default: all) picks parts, for working on one.
 fn wanted(part: &str) -> bool {
     std::env::var("MAT_BENCH_PARTS").map_or(true, |v| v.split(',').any(|p| p.trim() == part))
@@ -265,6 +288,22 @@ fn table(report: &Report) -> String {
         }
         Part::Failed(why) => {
             let _ = writeln!(s, "\ncontrol plane: FAILED: {why}");
+        }
+    }
+    match &report.migration {
+        Part::Measured(v) => {
+            let _ = writeln!(
+                s,
+                "\nmigration (libvirt live-migration test, TCG guest): gap {} ms, {} of {} pings \
+                 lost at {} ms, QEMU downtime {} ms",
+                v["gap_ms"], v["lost"], v["sent"], v["ping_interval_ms"], v["qemu_downtime_ms"]
+            );
+        }
+        Part::Skipped(why) => {
+            let _ = writeln!(s, "\nmigration: skipped: {why}");
+        }
+        Part::Failed(why) => {
+            let _ = writeln!(s, "\nmigration: FAILED: {why}");
         }
     }
     if !report.targets.is_empty() {

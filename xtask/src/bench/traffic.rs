@@ -167,6 +167,9 @@ pub struct Row {
     pub tcp_bytes_per_packet_at_peer: f64,
     /// The data plane's counters after the run, where MAT translates.
     pub counters: Vec<String>,
+    /// Frames the VM's port received from the VM during the rounds (its rx count), to hold
+    /// against the from-VM `translated` counter: equal when every frame was translated.
+    pub frames_from_vm: u64,
     pub notes: Vec<String>,
 }
 
@@ -199,6 +202,8 @@ struct Lab {
     _server: ChildGuard,
     /// Tap rows: the namespace of the relay's end of the VM's veth, and that end's name.
     qemu: Option<(Netns, String)>,
+    /// The port's rx packet count once set up.
+    port_rx: u64,
 }
 
 pub fn run(cfg: &Config) -> Result<Report> {
@@ -280,6 +285,7 @@ pub fn run(cfg: &Config) -> Result<Report> {
             offloads: lab.offloads(),
             tcp_bytes_per_packet_at_peer: bytes_per_packet[l],
             counters: lab.counters()?,
+            frames_from_vm: link_stats(&lab.hv, &lab.p)?.0 - lab.port_rx,
             notes: lab.notes.clone(),
         });
     }
@@ -428,6 +434,7 @@ impl Lab {
         let mut lab = Lab {
             _relay: relay,
             qemu,
+            port_rx: 0,
             kind,
             vm,
             hv,
@@ -450,6 +457,7 @@ impl Lab {
             sees == want,
             "the peer sees the VM as {sees}, not {want}: the row does not translate as meant"
         );
+        lab.port_rx = link_stats(&lab.hv, &lab.p)?.0;
         Ok(lab)
     }
 

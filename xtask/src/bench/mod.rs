@@ -311,7 +311,7 @@ fn table(report: &Report) -> String {
         for t in &report.targets {
             let _ = writeln!(
                 s,
-                "{:<58} {:<18} {:<22} {}",
+                "{:<72} {:<18} {:<34} {}",
                 t.what,
                 t.target,
                 t.measured,

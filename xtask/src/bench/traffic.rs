@@ -791,7 +791,7 @@ pub fn targets(report: &Report) -> Vec<super::Target> {
         out.push(super::Target {
             what: format!("traffic: MAT port mode, {}", f.metric.label()),
             target: format!(">= {limit:.2}x baseline"),
-            measured: format!("{:.3}x", f.ratio),
+            measured: format!("{:.3}x ({:.2}-{:.2})", f.ratio, f.ratio_min, f.ratio_max),
             met: f.ratio >= limit,
         });
         for other in [Kind::Nftables, Kind::Ebtables] {
@@ -806,7 +806,17 @@ pub fn targets(report: &Report) -> Vec<super::Target> {
                     f.metric.label()
                 ),
                 target: "ratio above theirs".into(),
-                measured: format!("{:.3}x vs {:.3}x", f.ratio, o.ratio),
+                measured: format!(
+                    "{:.3}x vs {:.3}x{}",
+                    f.ratio,
+                    o.ratio,
+                    // Per-round ratio ranges that overlap: the order is the noise's.
+                    if f.ratio_min <= o.ratio_max && o.ratio_min <= f.ratio_max {
+                        " (ranges overlap)"
+                    } else {
+                        ""
+                    }
+                ),
                 met: f.ratio > o.ratio,
             });
         }

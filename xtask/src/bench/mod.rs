@@ -307,7 +307,7 @@ fn table(report: &Report) -> String {
         }
     }
     if !report.targets.is_empty() {
-        let _ = writeln!(s, "\n{:<58} {:<18} {:<22} ", "target", "wanted", "measured");
+        let _ = writeln!(s, "\n{:<72} {:<18} {:<34}", "target", "wanted", "measured");
         for t in &report.targets {
             let _ = writeln!(
                 s,

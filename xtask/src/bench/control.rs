@@ -17,6 +17,7 @@ use std::{
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -527,17 +528,30 @@ fn size(mat: &Path, run_dir: &Path, template: &Value, n: usize, cfg: &Config) ->
 fn prelink(ns: &Netns, pins: &Path, ports: &[(String, u32)]) -> Result<()> {
     const THREADS: usize = 64;
     let chunk = ports.len().div_ceil(THREADS).max(1);
+    // Create and pin the maps once: loaders racing to pin the same map fail with EEXIST.
+    drop(mat_loader::Dataplane::open(pins)?);
+    let failed = AtomicBool::new(false);
     std::thread::scope(|s| {
         let workers: Vec<_> = ports
             .chunks(chunk)
             .map(|part| {
+                let failed = &failed;
                 s.spawn(move || {
                     ns.enter(|| -> Result<()> {
-                        let mut dp = mat_loader::Dataplane::open(pins)?;
-                        for (name, _) in part {
-                            dp.attach(name, mat_loader::Mode::Port)?;
+                        let result = (|| -> Result<()> {
+                            let mut dp = mat_loader::Dataplane::open(pins)?;
+                            for (name, _) in part {
+                                if failed.load(Ordering::Relaxed) {
+                                    break;
+                                }
+                                dp.attach(name, mat_loader::Mode::Port)?;
+                            }
+                            Ok(())
+                        })();
+                        if result.is_err() {
+                            failed.store(true, Ordering::Relaxed);
                         }
-                        Ok(())
+                        result
                     })
                 })
             })

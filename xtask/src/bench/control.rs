@@ -105,7 +105,8 @@ pub struct Report {
 /// The sizes to measure: `MAT_BENCH_CONTROL_SIZES=0,1000,65536` overrides `default`. 65,536 is
 /// not in the default: every port needs two TCX links, and creating one waits for an RCU grace
 /// period under RTNL (about 13 ms on this machine), so 65,536 ports take about half an hour to
-/// set up, with RTNL held in turns against everything else on the machine.
+/// set up and as long again to remove ([`PortsNs`]), with RTNL taken in turns against everything
+/// else on the machine.
 pub fn sizes(default: &[usize]) -> Vec<usize> {
     std::env::var("MAT_BENCH_CONTROL_SIZES")
         .ok()
@@ -337,7 +338,7 @@ fn inside_mac(kind: u8, i: usize) -> String {
 
 /// A state with one binding, written by the daemon: the shape the seeded states copy.
 fn template(mat: &Path, run_dir: &Path) -> Result<Value> {
-    let ns = Netns::new("bct");
+    let ns = PortsNs::new();
     let id = unique("");
     let ports = ports(&ns, &format!("t{id}x"), 1)?;
     let dir = run_dir.join("template");
@@ -413,6 +414,59 @@ fn write_model(template: &Value, n: usize, run_dir: &Path) -> Result<WriteModel>
     })
 }
 
+/// The namespace of a size's ports. Deleting a namespace removes its devices in one batch under
+/// RTNL, and the kernel waits for an RCU grace period for each device with TCX links
+/// (tcx_uninstall): 4,096 ports would hold RTNL for about a minute, 65,536 for about fifteen,
+/// stalling every network change on the machine. So the ports go first, one request each, which
+/// lets other RTNL users in between; then the empty namespace.
+struct PortsNs(Netns);
+
+impl PortsNs {
+    fn new() -> PortsNs {
+        PortsNs(Netns::new("bct"))
+    }
+}
+
+impl std::ops::Deref for PortsNs {
+    type Target = Netns;
+    fn deref(&self) -> &Netns {
+        &self.0
+    }
+}
+
+impl Drop for PortsNs {
+    fn drop(&mut self) {
+        let Ok(out) = Command::new("ip")
+            .args(["-n", self.0.name(), "-o", "link", "show"])
+            .output()
+        else {
+            return;
+        };
+        let batch: String = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap_or(name))
+            .filter(|name| *name != "lo")
+            .map(|name| format!("link del {name}\n"))
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        let child = Command::new("ip")
+            .args(["-n", self.0.name(), "-force", "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        if let Ok(mut child) = child {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(batch.as_bytes());
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A pin directory of its own, removed (with whatever the daemon pinned) on drop.
 struct Pins(PathBuf);
 
@@ -434,7 +488,7 @@ impl Drop for Pins {
 
 fn size(mat: &Path, run_dir: &Path, template: &Value, n: usize, cfg: &Config) -> Result<Size> {
     let setup = Instant::now();
-    let ns = Netns::new("bct");
+    let ns = PortsNs::new();
     let id = unique("");
     let seeded_ports = ports(&ns, &format!("s{id}x"), n)?;
     // At tens of thousands of bindings every change rewrites megabytes: fewer samples.

@@ -24,10 +24,22 @@ fn is_vlan(ether_type: u16) -> bool {
     ether_type == VLAN_8021Q || ether_type == VLAN_8021AD
 }
 
+/// The frame's Ethernet/IPv4 ARP or RARP body (past up to two VLAN tags, made linear),
+/// `Ok(None)` if it carries none (or one for other hardware or protocols), `Err(())` if a VLAN tag
+/// or the body is cut short.
+#[inline(always)]
+pub fn ether_ipv4_arp<F: Frame>(f: &mut F) -> Result<Option<*mut ArpHdr>, ()> {
+    let Some(offset) = arp_offset(f)? else {
+        return Ok(None);
+    };
+    let arp = arp_at(f, offset).ok_or(())?;
+    Ok(is_ether_ipv4(arp).then_some(arp))
+}
+
 /// Offset of the ARP/RARP body past any VLAN tags, `Ok(None)` if the frame carries none, and
 /// `Err(())` if a VLAN tag is cut short.
 #[inline(always)]
-pub fn arp_offset<F: Frame>(f: &F) -> Result<Option<usize>, ()> {
+fn arp_offset<F: Frame>(f: &F) -> Result<Option<usize>, ()> {
     let eth = f.ptr_at::<EthHdr>(0).ok_or(())?;
     // SAFETY: bounds checked by `ptr_at`.
     let mut ether_type = unsafe { (*eth).ether_type };
@@ -45,7 +57,7 @@ pub fn arp_offset<F: Frame>(f: &F) -> Result<Option<usize>, ()> {
 
 /// The ARP/RARP body at `offset`, made linear first; `None` if the frame is cut short.
 #[inline(always)]
-pub fn arp_at<F: Frame>(f: &mut F, offset: usize) -> Option<*mut ArpHdr> {
+fn arp_at<F: Frame>(f: &mut F, offset: usize) -> Option<*mut ArpHdr> {
     if !f.pull(offset + ArpHdr::LEN) {
         return None;
     }
@@ -54,7 +66,7 @@ pub fn arp_at<F: Frame>(f: &mut F, offset: usize) -> Option<*mut ArpHdr> {
 
 /// The only ARP the rules touch: Ethernet hardware addresses, IPv4 protocol addresses.
 #[inline(always)]
-pub fn is_ether_ipv4(arp: *const ArpHdr) -> bool {
+fn is_ether_ipv4(arp: *const ArpHdr) -> bool {
     // SAFETY: the caller got `arp` from `arp_at`.
     unsafe {
         (*arp).htype == 1u16.to_be_bytes()

@@ -60,17 +60,11 @@ fn arp_from_vm<F: Frame>(
     src: Mac,
     bound: Option<*mut Binding>,
 ) -> Option<Outcome> {
-    let offset = match parse::arp_offset(f) {
-        Ok(Some(offset)) => offset,
+    let arp = match parse::ether_ipv4_arp(f) {
+        Ok(Some(arp)) => arp,
         Ok(None) => return None,
         Err(()) => return Some(Outcome::Malformed),
     };
-    let Some(arp) = parse::arp_at(f, offset) else {
-        return Some(Outcome::Malformed);
-    };
-    if !parse::is_ether_ipv4(arp) {
-        return None;
-    }
     // SAFETY: `arp` is bounds checked for the whole ARP body; the IPv4 address is 2-byte aligned
     // like the MACs (see mac.rs).
     let (sha_p, tha_p, spa) = unsafe {
@@ -170,17 +164,11 @@ fn arp_to_vm<F: Frame>(
     dst: Mac,
     inside: Option<Mac>,
 ) -> Option<Outcome> {
-    let offset = match parse::arp_offset(f) {
-        Ok(Some(offset)) => offset,
+    let arp = match parse::ether_ipv4_arp(f) {
+        Ok(Some(arp)) => arp,
         Ok(None) => return None,
         Err(()) => return Some(Outcome::Malformed),
     };
-    let Some(arp) = parse::arp_at(f, offset) else {
-        return Some(Outcome::Malformed);
-    };
-    if !parse::is_ether_ipv4(arp) {
-        return None;
-    }
     // SAFETY: `arp` is bounds checked for the whole ARP body.
     let (sha_p, tha_p) = unsafe {
         (

@@ -145,6 +145,17 @@ enum Walk {
     Arp(usize),
 }
 
+/// Offset of an Ethernet/IPv4 ARP or RARP body, `Ok(None)` when there is none, `Err(())` when
+/// a VLAN tag or the body is cut short.
+fn ether_ipv4_arp(frame: &[u8]) -> Result<Option<usize>, ()> {
+    match walk(frame) {
+        Walk::Truncated => Err(()),
+        Walk::NotArp => Ok(None),
+        Walk::Arp(offset) if offset + ARP_LEN > frame.len() => Err(()),
+        Walk::Arp(offset) => Ok(ether_ipv4(&frame[offset..]).then_some(offset)),
+    }
+}
+
 fn walk(frame: &[u8]) -> Walk {
     let mut ether_type = u16_at(frame, 12);
     let mut offset = ETH_LEN;
@@ -208,17 +219,11 @@ pub fn from_vm(
         Outcome::Passed
     };
 
-    let offset = match walk(&out) {
-        Walk::Truncated => return Verdict::drop(Outcome::Malformed),
-        Walk::NotArp => return Verdict::pass(ethernet_outcome, out),
-        Walk::Arp(offset) => offset,
+    let offset = match ether_ipv4_arp(&out) {
+        Err(()) => return Verdict::drop(Outcome::Malformed),
+        Ok(None) => return Verdict::pass(ethernet_outcome, out),
+        Ok(Some(offset)) => offset,
     };
-    if offset + ARP_LEN > out.len() {
-        return Verdict::drop(Outcome::Malformed);
-    }
-    if !ether_ipv4(&out[offset..]) {
-        return Verdict::pass(ethernet_outcome, out);
-    }
 
     let sha = mac_at(&out, offset + SHA);
     let spa: [u8; 4] = out[offset + SPA..offset + SPA + 4]
@@ -288,17 +293,11 @@ pub fn to_vm(
         Outcome::Passed
     };
 
-    let offset = match walk(&out) {
-        Walk::Truncated => return Verdict::drop(Outcome::Malformed),
-        Walk::NotArp => return Verdict::pass(ethernet_outcome, out),
-        Walk::Arp(offset) => offset,
+    let offset = match ether_ipv4_arp(&out) {
+        Err(()) => return Verdict::drop(Outcome::Malformed),
+        Ok(None) => return Verdict::pass(ethernet_outcome, out),
+        Ok(Some(offset)) => offset,
     };
-    if offset + ARP_LEN > out.len() {
-        return Verdict::drop(Outcome::Malformed);
-    }
-    if !ether_ipv4(&out[offset..]) {
-        return Verdict::pass(ethernet_outcome, out);
-    }
 
     let sha = mac_at(&out, offset + SHA);
     if mode == Mode::Port && bindable(&sha) && bindings.inside(ifindex, &sha).is_some() {

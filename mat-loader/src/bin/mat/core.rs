@@ -118,14 +118,7 @@ impl Core {
     /// corrected entry by entry (entries already right are not touched, so forwarding never
     /// stops). Returns what to announce (nothing: a restart announces nothing by itself).
     pub fn reconcile(&mut self) -> Result<()> {
-        let gone: Vec<Port> = self
-            .state
-            .ports
-            .iter()
-            .filter(|p| links::ifname(p.ifindex).as_deref() != Some(p.name.as_str()))
-            .cloned()
-            .collect();
-        for p in gone {
+        for p in self.vanished_ports() {
             self.port_gone(&p.name, p.ifindex, "missing at start")
                 .map_err(|r| anyhow::anyhow!("{r}"))?;
         }
@@ -294,16 +287,19 @@ impl Core {
         Ok(())
     }
 
-    /// Releases the bindings of ports whose interface is gone (events can be lost).
-    pub fn resync(&mut self) {
-        let gone: Vec<Port> = self
-            .state
+    /// Ports in the state whose interface no longer exists under that ifindex and name.
+    fn vanished_ports(&self) -> Vec<Port> {
+        self.state
             .ports
             .iter()
             .filter(|p| links::ifname(p.ifindex).as_deref() != Some(p.name.as_str()))
             .cloned()
-            .collect();
-        for p in gone {
+            .collect()
+    }
+
+    /// Releases the bindings of ports whose interface is gone (events can be lost).
+    pub fn resync(&mut self) {
+        for p in self.vanished_ports() {
             if let Err(e) = self.port_gone(&p.name, p.ifindex, "found missing") {
                 warn!(port = p.name, error = %e, "releasing a vanished port");
             }

@@ -69,6 +69,14 @@ impl Hook {
             Hook::UplinkInXdp => "uplink-in-xdp",
         }
     }
+
+    /// Which way its frames go, from the VM's point of view: `from_vm` or `to_vm`.
+    pub const fn direction(self) -> &'static str {
+        match self {
+            Hook::PortFromVmTc | Hook::PortFromVmXdp | Hook::UplinkOutTc => "from_vm",
+            Hook::PortToVmTc | Hook::UplinkInXdp => "to_vm",
+        }
+    }
 }
 
 impl Outcome {

@@ -1,5 +1,9 @@
 //! The loaded object and everything pinned with it: maps, and one link per attached program.
 
+use nix::{
+    errno::Errno,
+    fcntl::{Flock, FlockArg},
+};
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -28,6 +32,9 @@ use crate::{
     Error,
 };
 
+/// The pin directory's lock, held while this lives (see [`Dataplane::lock`]).
+pub struct PinLock(#[expect(dead_code, reason = "held for its flock")] Flock<std::fs::File>);
+
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
@@ -43,6 +50,27 @@ impl Dataplane {
             .map_pin_path(&pin_dir)
             .load(crate::OBJECT)?;
         Ok(Self { ebpf, pin_dir })
+    }
+
+    /// Takes an exclusive lock on the pin directory (creating it, and mounting bpffs, when
+    /// missing), waiting up to `wait` for a holder that is exiting: one control plane per data
+    /// plane. The lock lasts as long as the returned descriptor.
+    pub fn lock(pin_dir: impl AsRef<Path>, wait: std::time::Duration) -> Result<PinLock, Error> {
+        let pin_dir = pin_dir.as_ref();
+        bpffs::ensure(&pin_dir.join("links"))?;
+        let mut dir = std::fs::File::open(pin_dir)?;
+        let until = std::time::Instant::now() + wait;
+        loop {
+            match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(PinLock(lock)),
+                Err((d, Errno::EWOULDBLOCK)) if std::time::Instant::now() < until => {
+                    dir = d;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err((_, Errno::EWOULDBLOCK)) => return Err(Error::PinsInUse(pin_dir.to_owned())),
+                Err((_, e)) => return Err(Error::Io(e.into())),
+            }
+        }
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -267,6 +295,16 @@ impl Dataplane {
             .filter(|(_, b)| b.ipv4 != [0; 4])
             .map(|(k, b)| (k, Ipv4Addr::from(b.ipv4)))
             .collect())
+    }
+
+    /// The IPv4 address learned for one binding: one lookup.
+    pub fn learned_for(&self, ifindex: u32, inside: MacAddr) -> Result<Option<Ipv4Addr>, Error> {
+        let map: HashMap<_, BindingKey, Binding> = HashMap::try_from(self.map(names::FROM_VM))?;
+        match map.get(&BindingKey::new(ifindex, inside), 0) {
+            Ok(b) if b.ipv4 != [0; 4] => Ok(Some(Ipv4Addr::from(b.ipv4))),
+            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The event ring buffer; one consumer at a time.

@@ -11,6 +11,8 @@ pub enum Error {
     },
     #[error("at most {max} outside pools, got {got}")]
     TooManyPools { max: usize, got: usize },
+    #[error("pin directory {} is in use by another mat daemon", .0.display())]
+    PinsInUse(PathBuf),
     #[error("BPF filesystem at {path}: {source}")]
     Bpffs { path: PathBuf, source: io::Error },
     #[error("loading the BPF object: {0}")]

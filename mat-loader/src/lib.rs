@@ -1,5 +1,7 @@
-//! MAT's loader: loads the kernel programs, attaches them to ports and uplinks, and manages the
-//! pinned maps and links that keep the data plane running while no process holds it.
+//! MAT's user space: the loader (load, attach and pin the kernel programs, fill their maps) and
+//! the control plane built on it (the host's address plan and allocator, the durable store, the
+//! daemon and its protocol, the CLI and the libvirt hook). The `mat` binary is a thin `main` over
+//! this library.
 
 mod bpffs;
 mod dataplane;
@@ -7,13 +9,34 @@ mod error;
 mod program;
 pub mod test_run;
 
-pub use dataplane::{Counters, Dataplane};
+pub mod alloc;
+pub mod announce;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod host;
+pub mod libvirt;
+pub mod libvirt_xml;
+pub mod mac;
+pub mod plan;
+pub mod ports;
+pub mod proto;
+pub mod refusal;
+pub mod state;
+pub mod store;
+pub mod views;
+
+pub use dataplane::{Counters, Dataplane, PinLock};
 pub use error::Error;
 pub use mat_common as common;
 pub use program::{Mode, Program};
 
 /// Where the data plane pins its maps and links unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mat";
+
+/// Where the CLI and the daemon meet unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/mat/mat.sock";
 
 /// The kernel object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mat"));

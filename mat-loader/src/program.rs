@@ -57,6 +57,14 @@ impl Program {
         })
     }
 
+    /// Whether it runs on a VM port (rather than on an uplink).
+    pub const fn on_port(self) -> bool {
+        matches!(
+            self,
+            Program::PortFromVm | Program::PortToVm | Program::PortFromVmXdp
+        )
+    }
+
     pub(crate) const fn hookpoint(self) -> Hookpoint {
         match self {
             Program::PortFromVm => Hookpoint::Tc(TcAttachType::Ingress),

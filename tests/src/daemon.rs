@@ -244,9 +244,11 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("request {line}: {e}"))
     }
 
-    /// The state file's bytes.
+    /// The state on disk as `mat state export` prints it (empty before the first start).
     pub fn state_file(&self) -> Vec<u8> {
-        fs::read(self.state_dir().join("state.json")).unwrap_or_default()
+        mat_loader::store::export(&self.state_dir())
+            .map(|s| serde_json::to_vec_pretty(&s).expect("the state serializes"))
+            .unwrap_or_default()
     }
 
     /// The pinned maps as the kernel has them: (ifindex, inside, outside) from the from-VM map,

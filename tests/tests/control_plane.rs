@@ -258,7 +258,7 @@ fn refusals_change_nothing() {
     assert_eq!(maps.0.len(), 1);
 
     refused(&d, &["attach", "nosuchport0", "--mac", &m1], "unknown_port");
-    refused(&d, &["attach", "lo", "--mac", &m1], "unknown_port");
+    refused(&d, &["attach", "lo", "--mac", &m1], "not_vm_port");
     for bad in [
         "00:00:00:00:00:00",
         "01:00:5e:00:00:01",

@@ -1,28 +1,11 @@
 //! `mat`: MAT's daemon and CLI. `mat daemon` owns a host's outside-MAC pool, the data plane and
-//! the state on disk; the other subcommands talk to it over its control socket (see `proto.rs`).
+//! the state on disk; the other subcommands talk to it over its control socket. Everything here
+//! is argument parsing: the work is in the `mat_loader` library.
 
-mod alloc;
-mod cli;
-mod config;
-mod core;
-mod daemon;
-mod garp;
-mod libvirt;
-mod libvirt_xml;
-mod links;
-mod mac;
-mod plan;
-mod proto;
-mod state;
-
-use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-
-use crate::{mac::Mac, proto::Request};
-
-/// Where the CLI and the daemon meet unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/mat/mat.sock";
+use mat_loader::{cli, client, config, libvirt, mac::Mac, proto::Request, store, DEFAULT_SOCKET};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +17,9 @@ struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "MAT_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// How long to wait for the daemon, in seconds.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = client::DEFAULT_TIMEOUT.as_secs())]
+    timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +40,9 @@ enum Command {
         /// An IPv4 address of the VM, announced with gratuitous ARP (repeatable).
         #[arg(long = "ip", value_name = "IPV4")]
         ips: Vec<Ipv4Addr>,
+        /// Accept a port that is not a tap or a veth (never a bridge or a managed bridge's uplink).
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -88,6 +77,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ports that carry MAT's programs.
+    #[command(subcommand)]
+    Port(PortCommand),
+    /// The daemon's durable state.
+    #[command(subcommand)]
+    State(StateCommand),
     /// libvirt's qemu hook (run by libvirtd; see `mat install libvirt-hook`).
     LibvirtHook(libvirt::HookArgs),
     /// Put an integration in place.
@@ -95,10 +90,32 @@ enum Command {
     Install(libvirt::Install),
 }
 
+#[derive(Subcommand)]
+enum PortCommand {
+    /// Take MAT's programs off PORT (refused while it is bound).
+    Release {
+        port: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Print the whole state as JSON, read from the state directory (the daemon may be running
+    /// or not).
+    Export {
+        /// The daemon's state directory.
+        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket;
     let client_socket = || socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
+    let timeout = Duration::from_secs(cli.timeout);
     match cli.command {
         Command::Daemon(args) => config::daemon(*args, socket),
         Command::Attach {
@@ -106,14 +123,17 @@ fn main() -> ExitCode {
             mac,
             vm,
             ips,
+            force,
             json,
         } => cli::run(
             &client_socket(),
-            Request::Attach {
+            timeout,
+            &Request::Attach {
                 port,
                 mac: mac.to_string(),
                 vm,
                 ips,
+                force,
             },
             json,
             cli::attach_text,
@@ -125,7 +145,8 @@ fn main() -> ExitCode {
             json,
         } => cli::run(
             &client_socket(),
-            Request::Detach {
+            timeout,
+            &Request::Detach {
                 port,
                 mac: mac.map(|m| m.to_string()),
                 vm,
@@ -133,18 +154,54 @@ fn main() -> ExitCode {
             json,
             cli::detach_text,
         ),
-        Command::List { json } => {
-            cli::run(&client_socket(), Request::List {}, json, cli::list_text)
-        }
-        Command::Stats { json } => {
-            cli::run(&client_socket(), Request::Stats {}, json, cli::stats_text)
-        }
-        Command::Plan { json } => {
-            cli::run(&client_socket(), Request::Plan {}, json, cli::plan_text)
-        }
-        Command::Routes { json } => {
-            cli::run(&client_socket(), Request::Routes {}, json, cli::routes_text)
-        }
+        Command::List { json } => cli::run(
+            &client_socket(),
+            timeout,
+            &Request::List {},
+            json,
+            cli::list_text,
+        ),
+        Command::Stats { json } => cli::run(
+            &client_socket(),
+            timeout,
+            &Request::Stats {},
+            json,
+            cli::stats_text,
+        ),
+        Command::Plan { json } => cli::run(
+            &client_socket(),
+            timeout,
+            &Request::Plan {},
+            json,
+            cli::plan_text,
+        ),
+        Command::Routes { json } => cli::run(
+            &client_socket(),
+            timeout,
+            &Request::Routes {},
+            json,
+            cli::routes_text,
+        ),
+        Command::Port(PortCommand::Release { port, json }) => cli::run(
+            &client_socket(),
+            timeout,
+            &Request::ReleasePort { port },
+            json,
+            cli::release_port_text,
+        ),
+        Command::State(StateCommand::Export { state_dir }) => match store::export(&state_dir) {
+            Ok(state) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&state).expect("the state serializes")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mat: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::LibvirtHook(args) => libvirt::hook(&client_socket(), &args),
         Command::Install(what) => libvirt::install(what, &client_socket()),
     }

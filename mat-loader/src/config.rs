@@ -81,6 +81,13 @@ pub struct DaemonArgs {
     /// How long a released MAC is held before reuse, e.g. 300s, 5m, 1500ms (default 300s).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     hold_down: Option<Duration>,
+    /// A bridge whose VM ports get MAT's programs as soon as they appear (repeatable); its
+    /// other ports (the uplink) are refused.
+    #[arg(long = "bridge", value_name = "BRIDGE")]
+    bridges: Vec<String>,
+    /// A glob naming VM ports that are not taps, for veth-based set-ups (e.g. 'vm-*').
+    #[arg(long, value_name = "GLOB")]
+    vm_ports: Option<String>,
     /// Log format on stderr.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -108,6 +115,8 @@ struct File {
     socket: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     pin_dir: Option<PathBuf>,
+    bridges: Option<Vec<String>>,
+    vm_ports: Option<String>,
     log_format: Option<LogFormat>,
 }
 
@@ -165,6 +174,18 @@ fn resolve(args: DaemonArgs, socket: Option<PathBuf>) -> Result<Resolved> {
         }
         (None, None) => DEFAULT_HOLD_DOWN,
     };
+    let bridges = if args.bridges.is_empty() {
+        file.bridges.unwrap_or_default()
+    } else {
+        args.bridges
+    };
+    let vm_ports = args
+        .vm_ports
+        .or(file.vm_ports)
+        .map(|p| {
+            glob::Pattern::new(&p).map_err(|e| anyhow::anyhow!("vm_ports {p:?} is not a glob: {e}"))
+        })
+        .transpose()?;
     Ok(Resolved {
         options: daemon::Options {
             socket: socket
@@ -177,9 +198,11 @@ fn resolve(args: DaemonArgs, socket: Option<PathBuf>) -> Result<Resolved> {
             pin_dir: args
                 .pin_dir
                 .or(file.pin_dir)
-                .unwrap_or_else(|| mat_loader::DEFAULT_PIN_DIR.into()),
+                .unwrap_or_else(|| crate::DEFAULT_PIN_DIR.into()),
             plan,
             hold_down,
+            bridges,
+            vm_ports,
         },
         log_format: args
             .log_format

@@ -272,7 +272,7 @@ fn ipv4(node: Node) -> Result<Ipv4Addr, XmlError> {
     let ip: Ipv4Addr = raw
         .parse()
         .map_err(|_| XmlError::Metadata(format!("{raw:?} is not an IPv4 address")))?;
-    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+    if !crate::announce::announceable(ip) {
         return Err(XmlError::Metadata(format!(
             "{ip} cannot be a VM's own address"
         )));

@@ -18,34 +18,52 @@
 //! {"op":"stats"}
 //! {"op":"plan"}
 //! {"op":"routes"}
+//! {"op":"release_port","port":"tap0"}          (take MAT's programs off an unbound port)
 //! ```
+//!
+//! `attach` also takes `"force": true` for a port that is not a tap or a veth (see
+//! [`crate::ports::VmPorts`]).
 //!
 //! A reply is `{"ok": RESULT}` or `{"error": {"code": CODE, "message": TEXT}}`. Results:
 //!
-//! - attach: a [`BindingView`] plus `"source"`: `fresh`, `returned` (the VM port's own MAC from
+//! - attach: a [`BindingView`](crate::views::BindingView) plus `"source"`: `fresh`, `returned` (the VM port's own MAC from
 //!   its last attachment) or `reused` (another VM's, after its hold-down).
 //! - detach: `{"released": [BindingView...]}`.
 //! - attach_vm: `{"attached": [AttachView...], "kept": [BindingView...]}` (see
 //!   [`Request::AttachVm`]).
 //! - list: `{"bindings": [BindingView...]}`.
-//! - stats: [`StatsView`]; plan: [`PlanView`]; routes: `{"routes": [Route...]}`.
+//! - release_port: `{"port": NAME}`.
+//! - stats: [`StatsView`](crate::views::StatsView); plan: [`PlanView`](crate::views::PlanView); routes: `{"routes": [Route...]}`.
+//!
+//! The result types are in [`crate::views`].
 //!
 //! Error codes ([`Code`]): `bad_request`, `line_too_long`, `not_root`, `pool_exhausted`,
-//! `unknown_port`, `invalid_mac`, `mac_in_use` (the inside MAC is bound on another port),
-//! `port_bound` (the port already has a binding), `not_bound`, `internal`. A refused request
-//! changes nothing. An acknowledged change is on disk.
+//! `unknown_port`, `not_vm_port` (a bridge, a managed bridge's uplink, or not a tap or veth),
+//! `invalid_mac`, `invalid_ip` (not a unicast address), `mac_in_use` (the inside MAC is bound on
+//! another port), `port_bound` (the port already has a binding), `not_bound`, `busy` (too many
+//! connections), `internal`. A refused request changes nothing. An acknowledged change is on
+//! disk.
+//!
+//! Duplicate keys are refused. A connection idle for [`IDLE`] is closed.
 //!
 //! Field names and codes are stable; new fields may be added to results (clients ignore what
-//! they do not know), never to requests without a new `op`.
+//! they do not know), never to requests without a new `op` or an optional field.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{alloc::Source, mac::Mac, plan::Route};
+use crate::{
+    host::{Attach, Detach},
+    mac::Mac,
+    refusal::{Code, Refusal},
+};
 
 /// Longest request line, newline excluded.
 pub const MAX_LINE: usize = 64 * 1024;
+
+/// A connection that sends no complete request for this long is closed.
+pub const IDLE: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -58,6 +76,8 @@ pub enum Request {
         vm: Option<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ips: Vec<Ipv4Addr>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     Detach {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,6 +103,9 @@ pub enum Request {
     Stats {},
     Plan {},
     Routes {},
+    ReleasePort {
+        port: String,
+    },
 }
 
 /// One port of an [`Request::AttachVm`].
@@ -97,13 +120,46 @@ pub struct VmPort {
     pub ips: Vec<Ipv4Addr>,
 }
 
-/// Parses one request line: a JSON object with a known `op` and only its fields.
+/// Parses one request line: a JSON object with a known `op` and only its fields, each once.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    if !value.is_object() {
+    // serde would also read a tagged enum from an array; a request is an object.
+    if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err("a request is a JSON object".into());
     }
-    serde_json::from_value(value).map_err(|e| e.to_string())
+    // Straight into the typed request, not through a map: serde refuses duplicate keys.
+    serde_json::from_slice(line).map_err(|e| e.to_string())
+}
+
+/// A MAC as a request spells it.
+pub fn mac(s: &str) -> Result<Mac, Refusal> {
+    s.parse()
+        .map_err(|e: crate::mac::ParseMacError| Refusal::new(Code::InvalidMac, e.to_string()))
+}
+
+impl VmPort {
+    /// The typed attach of one port of an `attach_vm`.
+    pub fn to_attach(&self, vm: &str) -> Result<Attach, Refusal> {
+        Ok(Attach {
+            port: self.port.clone(),
+            inside: mac(&self.mac)?,
+            vm: vm.to_owned(),
+            ips: self.ips.clone(),
+            force: false,
+        })
+    }
+}
+
+/// The typed detach of a `detach` request.
+pub fn detach(
+    port: Option<String>,
+    mac_: Option<&str>,
+    vm: Option<String>,
+) -> Result<Detach, Refusal> {
+    Ok(Detach {
+        port,
+        inside: mac_.map(mac).transpose()?,
+        vm,
+    })
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -117,38 +173,6 @@ pub enum Reply {
 pub struct ErrorBody {
     pub code: Code,
     pub message: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Code {
-    BadRequest,
-    LineTooLong,
-    NotRoot,
-    PoolExhausted,
-    UnknownPort,
-    InvalidMac,
-    MacInUse,
-    PortBound,
-    NotBound,
-    Internal,
-}
-
-/// A refusal: what the daemon answers instead of a result.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct Refusal {
-    pub code: Code,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
 }
 
 impl Reply {
@@ -171,129 +195,6 @@ impl Reply {
     }
 }
 
-/// A binding as the daemon shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BindingView {
-    pub vm: String,
-    pub port: String,
-    pub ifindex: u32,
-    pub inside: Mac,
-    pub outside: Mac,
-    /// Addresses the caller gave.
-    pub ips: Vec<Ipv4Addr>,
-    /// The address the data plane learned from the VM's own ARP, if any.
-    pub learned: Vec<Ipv4Addr>,
-    /// Seconds since the Unix epoch, and the same as RFC 3339.
-    pub since: u64,
-    pub since_rfc3339: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AttachView {
-    #[serde(flatten)]
-    pub binding: BindingView,
-    pub source: Source,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AttachVmView {
-    /// Bound by this request.
-    pub attached: Vec<AttachView>,
-    /// Already bound as asked: unchanged.
-    pub kept: Vec<BindingView>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DetachView {
-    pub released: Vec<BindingView>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ListView {
-    pub bindings: Vec<BindingView>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RoutesView {
-    pub routes: Vec<Route>,
-}
-
-/// One data-plane counter: a program (and so a direction) and an outcome.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CounterView {
-    pub hook: String,
-    /// `from_vm` or `to_vm`.
-    pub direction: String,
-    pub outcome: String,
-    pub packets: u64,
-}
-
-/// A managed port: the programs on it and the kernel's packet counts for it (frames from the VM
-/// are the port's rx, frames to it its tx).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortView {
-    pub port: String,
-    pub ifindex: u32,
-    pub programs: Vec<String>,
-    pub bindings: usize,
-    pub from_vm_packets: Option<u64>,
-    pub to_vm_packets: Option<u64>,
-    pub from_vm_dropped: Option<u64>,
-    pub to_vm_dropped: Option<u64>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StatsView {
-    /// Every counter of the data plane, zeros included, summed over CPUs.
-    pub counters: Vec<CounterView>,
-    pub ports: Vec<PortView>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct HeldView {
-    pub outside: Mac,
-    pub vm: String,
-    pub inside: Mac,
-    pub released_ms: u64,
-    pub remaining_ms: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FreeView {
-    pub count: u64,
-    /// Never-used MACs, as `first-last` ranges.
-    pub ranges: Vec<String>,
-    /// Released MACs past their hold-down, next to be reused first.
-    pub reusable: Vec<Mac>,
-    /// What the next attach of a new VM port would get.
-    pub next: Option<Mac>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BoundView {
-    pub outside: Mac,
-    pub vm: String,
-    pub port: String,
-    pub inside: Mac,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PlanView {
-    pub pool: String,
-    pub host_pool: String,
-    pub rack_route: String,
-    pub rack: u64,
-    pub host: u64,
-    pub rack_bits: u8,
-    pub host_bits: u8,
-    pub vm_bits: u8,
-    pub capacity: u64,
-    pub hold_down_ms: u64,
-    pub bound: Vec<BoundView>,
-    pub held: Vec<HeldView>,
-    pub free: FreeView,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +213,7 @@ mod tests {
                 mac: "52:54:00:00:00:01".into(),
                 vm: None,
                 ips: vec![Ipv4Addr::new(192, 0, 2, 1)],
+                force: false,
             }
         );
         assert_eq!(parse(r#"{"op":"list"}"#).unwrap(), Request::List {});
@@ -358,6 +260,11 @@ mod tests {
             r#"{"port":"tap0"}"#,
             r#"["list"]"#,
             r#"{"op":"list"} {"op":"list"}"#,
+            r#"{"op":"attach","op":"list"}"#,
+            r#"{"op":"list","op":"list"}"#,
+            r#"{"op":"attach","port":"a","port":"b","mac":"52:54:00:00:00:01"}"#,
+            r#"{"op":"attach_vm","vm":"x","ports":[{"port":"a","port":"b","mac":"52:54:00:00:00:01"}]}"#,
+            r#"{"op":"detach","vm":"x","vm":"y"}"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
@@ -370,7 +277,7 @@ mod tests {
             r.line(),
             "{\"error\":{\"code\":\"pool_exhausted\",\"message\":\"full\"}}\n"
         );
-        let ok = Reply::ok(&RoutesView { routes: vec![] });
+        let ok = Reply::ok(&crate::views::RoutesView { routes: vec![] });
         assert_eq!(ok.line(), "{\"ok\":{\"routes\":[]}}\n");
     }
 }

@@ -2,55 +2,29 @@
 //!
 //! Exit codes: 0 done, 1 refused (or the daemon cannot be reached), 2 usage (clap's).
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    os::unix::net::UnixStream,
-    path::Path,
-    process::ExitCode,
-};
+use std::{path::Path, process::ExitCode, time::Duration};
 
-use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 
-use crate::proto::{
-    AttachView, DetachView, ErrorBody, ListView, PlanView, Reply, Request, RoutesView, StatsView,
+use crate::{
+    client::Client,
+    proto::{ErrorBody, Reply, Request},
+    views::{AttachView, DetachView, ListView, PlanView, ReleasedPortView, RoutesView, StatsView},
 };
-
-/// Sends one request and returns the daemon's reply.
-pub fn call(socket: &Path, req: &Request) -> Result<Reply> {
-    let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot reach the mat daemon at {} (is it running? --socket or MAT_SOCKET)",
-            socket.display()
-        )
-    })?;
-    let mut line = serde_json::to_string(req).expect("requests serialize");
-    line.push('\n');
-    // The daemon may answer and close before reading (a peer it refuses): read the reply even
-    // when sending failed.
-    let sent = stream.write_all(line.as_bytes());
-    let mut reply = String::new();
-    let read = BufReader::new(stream).read_line(&mut reply);
-    if reply.is_empty() {
-        sent.context("sending the request")?;
-        read.context("reading the reply")?;
-        anyhow::bail!("the daemon closed the connection without a reply");
-    }
-    serde_json::from_str(&reply).with_context(|| format!("parsing the reply {reply:?}"))
-}
 
 /// Runs `req`, prints the result with `text` (or as JSON), and turns the outcome into an exit
 /// code.
 pub fn run<T: DeserializeOwned>(
     socket: &Path,
-    req: Request,
+    timeout: Duration,
+    req: &Request,
     json: bool,
     text: impl FnOnce(&T) -> String,
 ) -> ExitCode {
-    let reply = match call(socket, &req) {
+    let reply = match Client::connect(socket, timeout).and_then(|mut c| c.reply(req)) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("mat: {e:#}");
+            eprintln!("mat: {e}");
             return ExitCode::from(1);
         }
     };
@@ -78,8 +52,7 @@ pub fn run<T: DeserializeOwned>(
                     serde_json::json!({"error": {"code": code, "message": message}})
                 );
             }
-            let code = serde_json::to_value(code).expect("codes serialize");
-            eprintln!("mat: refused ({}): {message}", code.as_str().unwrap_or("?"));
+            eprintln!("mat: refused ({}): {message}", code.as_str());
             ExitCode::from(1)
         }
     }
@@ -266,6 +239,10 @@ pub fn plan_text(p: &PlanView) -> String {
         out.push_str(&format!("  free   {m} (released, past hold-down)\n"));
     }
     out
+}
+
+pub fn release_port_text(r: &ReleasedPortView) -> String {
+    format!("MAT's programs are off {}\n", r.port)
 }
 
 pub fn routes_text(r: &RoutesView) -> String {

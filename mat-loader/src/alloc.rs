@@ -23,6 +23,9 @@ pub struct Allocator {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Released {
+    /// Its place in the reuse queue (increasing with every release; the store's order key).
+    #[serde(default)]
+    pub seq: u64,
     pub outside: Mac,
     pub vm: String,
     pub inside: Mac,
@@ -54,34 +57,39 @@ pub struct Exhausted {
     pub next_in_ms: Option<u64>,
 }
 
+/// How an allocation changes the allocator: one MAC out of the reuse queue, or the next fresh one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Taken {
+    Released(Released),
+    Fresh(u64),
+}
+
 impl Allocator {
-    /// An outside MAC for (vm, inside); `bound` is how many are bound now (for the error).
-    pub fn allocate(
-        &mut self,
+    /// Chooses an outside MAC for (vm, inside) without changing anything; `bound` is how many are
+    /// bound now (for the error). [`Allocator::take`] then makes the choice.
+    pub fn choose(
+        &self,
         plan: &Plan,
         vm: &str,
         inside: Mac,
         now_ms: u64,
         hold_ms: u64,
         bound: u64,
-    ) -> Result<(Mac, Source), Exhausted> {
-        if let Some(i) = self
+    ) -> Result<(Mac, Source, Taken), Exhausted> {
+        if let Some(r) = self
             .released
             .iter()
-            .position(|r| r.vm == vm && r.inside == inside)
+            .find(|r| r.vm == vm && r.inside == inside)
         {
-            let r = self.released.remove(i).expect("index from position");
-            return Ok((r.outside, Source::Returned));
+            return Ok((r.outside, Source::Returned, Taken::Released(r.clone())));
         }
         if self.next_fresh < plan.capacity() {
             let mac = plan.mac_at(self.next_fresh);
-            self.next_fresh += 1;
-            return Ok((mac, Source::Fresh));
+            return Ok((mac, Source::Fresh, Taken::Fresh(self.next_fresh)));
         }
         match self.released.front() {
             Some(r) if r.at_ms.saturating_add(hold_ms) <= now_ms => {
-                let r = self.released.pop_front().expect("front exists");
-                Ok((r.outside, Source::Reused))
+                Ok((r.outside, Source::Reused, Taken::Released(r.clone())))
             }
             front => Err(Exhausted {
                 capacity: plan.capacity(),
@@ -92,14 +100,33 @@ impl Allocator {
         }
     }
 
-    /// Puts a bound MAC back, at the end of the reuse queue.
-    pub fn release(&mut self, outside: Mac, vm: &str, inside: Mac, now_ms: u64) {
-        self.released.push_back(Released {
+    /// The place in the queue of the next release.
+    pub fn next_seq(&self) -> u64 {
+        self.released.back().map_or(0, |r| r.seq + 1)
+    }
+
+    /// The queue entry a release of `outside` now would add (at the end of the queue).
+    pub fn next_release(&self, outside: Mac, vm: &str, inside: Mac, now_ms: u64) -> Released {
+        Released {
+            seq: self.next_seq(),
             outside,
             vm: vm.to_owned(),
             inside,
             at_ms: now_ms,
-        });
+        }
+    }
+
+    /// Puts a released MAC in its place in the queue (ordered by `seq`).
+    pub fn insert(&mut self, r: Released) {
+        let at = self.released.partition_point(|q| q.seq < r.seq);
+        self.released.insert(at, r);
+    }
+
+    /// Takes `outside` out of the queue.
+    pub fn unrelease(&mut self, outside: Mac) {
+        if let Some(i) = self.released.iter().position(|r| r.outside == outside) {
+            self.released.remove(i);
+        }
     }
 
     /// Released MACs still in hold-down.
@@ -138,30 +165,53 @@ mod tests {
         Mac([0x52, 0x54, 0, 0, 0, i])
     }
 
+    /// Chooses and takes, as the host does.
+    fn allocate(
+        a: &mut Allocator,
+        p: &Plan,
+        vm: &str,
+        inside: Mac,
+        now_ms: u64,
+        hold_ms: u64,
+        bound: u64,
+    ) -> Result<(Mac, Source), Exhausted> {
+        let (mac, source, taken) = a.choose(p, vm, inside, now_ms, hold_ms, bound)?;
+        match taken {
+            Taken::Released(r) => a.unrelease(r.outside),
+            Taken::Fresh(i) => a.next_fresh = i + 1,
+        }
+        Ok((mac, source))
+    }
+
+    fn release(a: &mut Allocator, outside: Mac, vm: &str, inside: Mac, now_ms: u64) {
+        let r = a.next_release(outside, vm, inside, now_ms);
+        a.insert(r);
+    }
+
     #[test]
     fn fresh_then_lru_after_hold_down() {
         let p = plan(2);
         let mut a = Allocator::default();
         let hold = 300_000;
         let got: Vec<Mac> = (0..4)
-            .map(|i| a.allocate(&p, "", mac(i), 0, hold, 0).unwrap().0)
+            .map(|i| allocate(&mut a, &p, "", mac(i), 0, hold, 0).unwrap().0)
             .collect();
         assert_eq!(got, (0..4).map(|i| p.mac_at(i)).collect::<Vec<_>>());
-        let e = a.allocate(&p, "", mac(9), 0, hold, 4).unwrap_err();
+        let e = allocate(&mut a, &p, "", mac(9), 0, hold, 4).unwrap_err();
         assert_eq!((e.bound, e.held, e.next_in_ms), (4, 0, None));
-        a.release(got[2], "", mac(2), 1_000);
-        a.release(got[0], "", mac(0), 2_000);
-        let e = a.allocate(&p, "", mac(9), 2_000, hold, 2).unwrap_err();
+        release(&mut a, got[2], "", mac(2), 1_000);
+        release(&mut a, got[0], "", mac(0), 2_000);
+        let e = allocate(&mut a, &p, "", mac(9), 2_000, hold, 2).unwrap_err();
         assert_eq!((e.held, e.next_in_ms), (2, Some(299_000)));
         assert!(e.to_string().contains("299.0 s"), "{e}");
         // After the hold-down: least recently released first.
         assert_eq!(
-            a.allocate(&p, "", mac(9), 301_000, hold, 2).unwrap(),
+            allocate(&mut a, &p, "", mac(9), 301_000, hold, 2).unwrap(),
             (got[2], Source::Reused)
         );
-        assert!(a.allocate(&p, "", mac(8), 301_000, hold, 3).is_err());
+        assert!(allocate(&mut a, &p, "", mac(8), 301_000, hold, 3).is_err());
         assert_eq!(
-            a.allocate(&p, "", mac(8), 302_000, hold, 3).unwrap(),
+            allocate(&mut a, &p, "", mac(8), 302_000, hold, 3).unwrap(),
             (got[0], Source::Reused)
         );
     }
@@ -170,15 +220,15 @@ mod tests {
     fn same_vm_port_gets_its_mac_back() {
         let p = plan(4);
         let mut a = Allocator::default();
-        let (m1, _) = a.allocate(&p, "web", mac(1), 0, 1000, 0).unwrap();
-        let (m2, _) = a.allocate(&p, "db", mac(2), 0, 1000, 1).unwrap();
-        a.release(m1, "web", mac(1), 10);
-        a.release(m2, "db", mac(2), 20);
+        let (m1, _) = allocate(&mut a, &p, "web", mac(1), 0, 1000, 0).unwrap();
+        let (m2, _) = allocate(&mut a, &p, "db", mac(2), 0, 1000, 1).unwrap();
+        release(&mut a, m1, "web", mac(1), 10);
+        release(&mut a, m2, "db", mac(2), 20);
         // Another VM with the same inside MAC is another VM port.
-        let (m3, s) = a.allocate(&p, "other", mac(1), 30, 1000, 0).unwrap();
+        let (m3, s) = allocate(&mut a, &p, "other", mac(1), 30, 1000, 0).unwrap();
         assert_eq!((m3, s), (p.mac_at(2), Source::Fresh));
         assert_eq!(
-            a.allocate(&p, "web", mac(1), 40, 1000, 1).unwrap(),
+            allocate(&mut a, &p, "web", mac(1), 40, 1000, 1).unwrap(),
             (m1, Source::Returned)
         );
         assert_eq!(a.held(40, 1000).count(), 1);

@@ -30,8 +30,8 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Read, Write},
-    os::unix::{fs::PermissionsExt, net::UnixStream},
+    io::Read,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -41,8 +41,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use crate::{
+    client,
     libvirt_xml::{self, Domain},
-    proto::{AttachVmView, Code, DetachView, ErrorBody, Reply, Request, VmPort},
+    proto::{Request, VmPort},
+    refusal::Code,
+    views::{AttachVmView, DetachView},
 };
 
 /// How long the hook waits for the daemon before giving up (libvirtd waits for the hook).
@@ -171,65 +174,22 @@ fn attach_request(dom: &Domain, bridges: &[String]) -> Result<Option<Request>> {
 fn attach(socket: &Path, xml: &str, bridges: &[String]) -> Result<()> {
     let dom = libvirt_xml::parse(xml)?;
     match attach_request(&dom, bridges)? {
-        Some(req) => call::<AttachVmView>(socket, &req).map(drop),
+        Some(req) => Ok(client::call::<AttachVmView>(socket, TIMEOUT, &req).map(drop)?),
         None => Ok(()),
     }
 }
 
 fn release(socket: &Path, xml: &str) -> Result<()> {
     let (_, uuid) = libvirt_xml::identity(xml)?;
-    match call::<DetachView>(
-        socket,
-        &Request::Detach {
-            port: None,
-            mac: None,
-            vm: Some(uuid),
-        },
-    ) {
+    let req = Request::Detach {
+        port: None,
+        mac: None,
+        vm: Some(uuid),
+    };
+    match client::call::<DetachView>(socket, TIMEOUT, &req) {
         Ok(_) => Ok(()),
-        Err(e)
-            if e.downcast_ref::<Refused>()
-                .is_some_and(|r| r.code == Code::NotBound) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// The daemon said no.
-#[derive(Debug, thiserror::Error)]
-#[error("the mat daemon refused: {message}")]
-struct Refused {
-    code: Code,
-    message: String,
-}
-
-/// One request, one reply, with [`TIMEOUT`] on every step.
-fn call<T: serde::de::DeserializeOwned>(socket: &Path, req: &Request) -> Result<T> {
-    let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot reach the mat daemon at {} (is `mat daemon` running?)",
-            socket.display()
-        )
-    })?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    let mut line = serde_json::to_string(req).expect("requests serialize");
-    line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .context("sending the request to the mat daemon")?;
-    let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .context("waiting for the mat daemon's reply")?;
-    if reply.is_empty() {
-        bail!("the mat daemon closed the connection without a reply");
-    }
-    match serde_json::from_str(&reply).with_context(|| format!("the daemon's reply {reply:?}"))? {
-        Reply::Ok(v) => serde_json::from_value(v).context("the daemon's reply"),
-        Reply::Error(ErrorBody { code, message }) => Err(Refused { code, message }.into()),
+        Err(client::Error::Refused(r)) if r.code == Code::NotBound => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -41,7 +41,7 @@ impl Mac {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a MAC address (expected six hex octets like 52:54:00:12:34:56)")]
+#[error("{0:?} is not a MAC address (expected six two-digit hex octets like 52:54:00:12:34:56)")]
 pub struct ParseMacError(pub String);
 
 impl FromStr for Mac {
@@ -54,7 +54,8 @@ impl FromStr for Mac {
         let mut parts = s.split(sep);
         for byte in &mut out {
             let part = parts.next().ok_or_else(err)?;
-            if part.is_empty() || part.len() > 2 {
+            // Exactly two hex digits: from_str_radix alone would take "+2" and "7".
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(err());
             }
             *byte = u8::from_str_radix(part, 16).map_err(|_| err())?;
@@ -185,6 +186,10 @@ mod tests {
             "52:54:00:ab:cd:0f:11",
             "52:54:00:ab:cd:0g",
             "525:4:00:ab:cd:0f",
+            "+2:54:00:ab:cd:ef",
+            "2:54:00:ab:cd:ef",
+            "52:54:00:ab:cd:-f",
+            "52:54-00:ab:cd:ef",
         ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }

@@ -1,0 +1,521 @@
+//! `mat daemon`: the control socket, the data plane's events and link events around the
+//! synchronous [`Host`].
+//!
+//! Start-up takes every exclusive resource (the state directory's lock, the pin directory's lock,
+//! the control socket) before it touches the data plane, so that a daemon that is refused
+//! changes nothing.
+
+use std::{
+    collections::HashMap,
+    io::ErrorKind,
+    mem::size_of,
+    net::Ipv4Addr,
+    os::unix::fs::{FileTypeExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use futures_util::{Stream, StreamExt};
+use tokio::{
+    io::{unix::AsyncFd, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{signal, SignalKind},
+    sync::Semaphore,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    announce::Announcer,
+    common::{
+        counters::{HOOKS, OUTCOMES},
+        event::{Event, EventKind},
+    },
+    host::{Attach, Host},
+    mac::Mac,
+    plan::Plan,
+    ports::{self, LinkEvent, Links, VmPorts},
+    proto::{self, Reply, Request, IDLE, MAX_LINE},
+    refusal::{Code, Refusal},
+    store::Store,
+    views::{CounterView, PortView, ReleasedPortView, RoutesView, StatsView},
+    Dataplane,
+};
+
+/// How often the daemon checks that its ports still exist, in case a link event was lost.
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// How long a new daemon waits for the locks of one that is still exiting.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Connections served at once; more are answered `busy` and closed.
+const MAX_CONNECTIONS: usize = 512;
+
+pub struct Options {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub plan: Plan,
+    pub hold_down: Duration,
+    /// Bridges whose VM ports get the programs as soon as they appear.
+    pub bridges: Vec<String>,
+    /// Names of VM ports that are not taps (veth-based set-ups).
+    pub vm_ports: Option<glob::Pattern>,
+}
+
+struct Ctx {
+    host: Mutex<Host>,
+    links: Links,
+    announcer: Arc<Announcer>,
+}
+
+impl Ctx {
+    fn host(&self) -> MutexGuard<'_, Host> {
+        self.host.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Announces from a binding for as long as it stays bound.
+    fn announce(self: &Arc<Self>, a: crate::announce::Announce) {
+        let ctx = self.clone();
+        self.announcer.announce(a, move |ifindex, outside| {
+            ctx.host().is_bound(ifindex, outside)
+        });
+    }
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    raise_nofile();
+    // Every exclusive resource first: a refused daemon must not touch the data plane.
+    let store = tokio::task::block_in_place(|| Store::open(&opts.state_dir, LOCK_WAIT))?;
+    let pin_lock = tokio::task::block_in_place(|| Dataplane::lock(&opts.pin_dir, LOCK_WAIT))?;
+    let listener = listen(&opts.socket)?;
+    let mut dp = Dataplane::open(&opts.pin_dir)
+        .with_context(|| format!("opening the data plane under {}", opts.pin_dir.display()))?;
+    let ring = dp.take_events().context("taking the event ring buffer")?;
+    // Subscribe before reconciling, so that a port removed in between is seen.
+    let link_events = ports::events()?;
+    let vm_ports = VmPorts::new(opts.bridges.clone(), opts.vm_ports.clone());
+    let mut host = Host::open(
+        store,
+        dp,
+        opts.plan,
+        u64::try_from(opts.hold_down.as_millis()).unwrap_or(u64::MAX),
+        vm_ports,
+    )?;
+    host.reconcile()
+        .context("reconciling the data plane with the state")?;
+    let links = Links::new()?;
+    // VM ports already in a managed bridge are guarded now, not at their first change.
+    if !opts.bridges.is_empty() {
+        for link in links.all().await? {
+            if let Err(e) = host.link_changed(&link) {
+                warn!(port = link.name, error = %e, "guarding a port of a managed bridge");
+            }
+        }
+    }
+    let ctx = Arc::new(Ctx {
+        host: Mutex::new(host),
+        announcer: Arc::new(
+            Announcer::new(links.clone()).context("opening a packet socket for gratuitous ARP")?,
+        ),
+        links,
+    });
+    {
+        let host = ctx.host();
+        info!(
+            socket = %opts.socket.display(),
+            state_dir = %opts.state_dir.display(),
+            pin_dir = %opts.pin_dir.display(),
+            host_pool = host.host_pool(),
+            bindings = host.binding_count(),
+            bridges = ?opts.bridges,
+            "ready"
+        );
+    }
+    tokio::spawn(watch_events(ring, ctx.clone()));
+    tokio::spawn(watch_links(link_events, ctx.clone()));
+    tokio::spawn(resync(ctx.clone()));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut accept_errors = RateLimited::new(Duration::from_secs(10));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move {
+                            serve(stream, ctx).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => {
+                        tokio::spawn(refuse(stream, Refusal::new(
+                            Code::Busy,
+                            format!("{MAX_CONNECTIONS} connections are open; try again"),
+                        )));
+                    }
+                },
+                Err(e) => {
+                    // Out of descriptors (EMFILE, ENFILE) or memory: the pending connection stays
+                    // queued, so back off instead of spinning on it.
+                    if let Some(n) = accept_errors.hit() {
+                        warn!(error = %e, repeated = n, "accepting a connection; backing off");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&opts.socket);
+    drop(pin_lock);
+    info!("stopped; the data plane keeps translating");
+    Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one: every connection and every pinned
+/// object the daemon opens takes a descriptor, and systemd's default soft limit is 1,024.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!(soft, hard, error = %e, "raising the open-file limit");
+            }
+        }
+    }
+}
+
+/// Counts repeated events and says when to log them: at most once per period.
+struct RateLimited {
+    period: Duration,
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl RateLimited {
+    fn new(period: Duration) -> Self {
+        Self {
+            period,
+            last: None,
+            count: 0,
+        }
+    }
+
+    /// Counts one event; returns how many there were since the last log, when it is time to log.
+    fn hit(&mut self) -> Option<u64> {
+        self.count += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.period)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
+/// Binds the control socket, mode 0600, replacing a stale socket file but never a live daemon's.
+fn listen(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => bail!("another daemon is listening on {}", path.display()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        // Only a socket is ours to replace; anything else at that path is left alone.
+        Err(_) if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) => {
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        }
+        Err(e) => bail!("{} exists and is not a live socket: {e}", path.display()),
+    }
+    // No window in which the socket is open to others: umask first, then bind.
+    // SAFETY: umask(2) cannot fail; nothing else creates files at this point.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers one refusal and closes.
+async fn refuse(mut stream: UnixStream, r: Refusal) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        stream.write_all(Reply::refused(r).line().as_bytes()),
+    )
+    .await;
+}
+
+/// One client connection: requests in, replies out, in order. A connection that sends no
+/// complete line for [`IDLE`] is closed.
+async fn serve(stream: UnixStream, ctx: Arc<Ctx>) {
+    let uid = stream.peer_cred().map(|c| c.uid());
+    if uid.as_ref().ok() != Some(&0) {
+        warn!(?uid, "refused a peer that is not root");
+        refuse(
+            stream,
+            Refusal::new(Code::NotRoot, "the mat daemon serves root only"),
+        )
+        .await;
+        return;
+    }
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        // One byte past the limit (the CR of a CRLF line is not counted: two).
+        let mut limited = (&mut rd).take(MAX_LINE as u64 + 2);
+        let n = match tokio::time::timeout(IDLE, limited.read_until(b'\n', &mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                debug!(error = %e, "reading a request");
+                return;
+            }
+            Err(_) => {
+                debug!("closing an idle connection");
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let complete = buf.last() == Some(&b'\n');
+        if complete {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+        if buf.len() > MAX_LINE {
+            let r = Refusal::new(
+                Code::LineTooLong,
+                format!("a request line is at most {MAX_LINE} bytes"),
+            );
+            let _ = wr.write_all(Reply::refused(r).line().as_bytes()).await;
+            return;
+        }
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            if complete {
+                continue;
+            }
+            return;
+        }
+        let reply = match proto::parse_request(&buf) {
+            Err(e) => Reply::refused(Refusal::new(Code::BadRequest, format!("bad request: {e}"))),
+            Ok(req) => match handle(req, &ctx).await {
+                Ok(reply) => reply,
+                Err(r) => Reply::refused(r),
+            },
+        };
+        if wr.write_all(reply.line().as_bytes()).await.is_err() || !complete {
+            return;
+        }
+    }
+}
+
+/// What rtnetlink says of the interface named `port` (the host checks what kind of port it is).
+async fn link(ctx: &Ctx, port: &str) -> Result<Option<ports::LinkInfo>, Refusal> {
+    ctx.links
+        .by_name(port)
+        .await
+        .map_err(|e| Refusal::internal(format!("looking up {port}: {e:#}")))
+}
+
+/// Runs `f` on the host in a blocking thread (it writes to disk and to the maps).
+async fn with_host<T: Send + 'static>(
+    ctx: &Arc<Ctx>,
+    f: impl FnOnce(&mut Host) -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    let c = ctx.clone();
+    tokio::task::spawn_blocking(move || f(&mut c.host()))
+        .await
+        .map_err(Refusal::internal)?
+}
+
+/// Turns a wire request into a call of the host, and its result into a reply.
+async fn handle(req: Request, ctx: &Arc<Ctx>) -> Result<Reply, Refusal> {
+    Ok(match req {
+        Request::Attach {
+            port,
+            mac,
+            vm,
+            ips,
+            force,
+        } => {
+            let attach = Attach {
+                inside: proto::mac(&mac)?,
+                vm: vm.unwrap_or_default(),
+                ips,
+                force,
+                port,
+            };
+            let link = link(ctx, &attach.port).await?;
+            let (view, announce) = with_host(ctx, move |h| h.attach(attach, link.as_ref())).await?;
+            if let Some(a) = announce {
+                ctx.announce(a);
+            }
+            Reply::ok(&view)
+        }
+        Request::AttachVm { vm, ports } => {
+            let mut resolved = Vec::new();
+            for p in &ports {
+                resolved.push((p.to_attach(&vm)?, link(ctx, &p.port).await?));
+            }
+            Reply::ok(&with_host(ctx, move |h| h.attach_vm(&vm, &resolved)).await?)
+        }
+        Request::Detach { port, mac, vm } => {
+            let sel = proto::detach(port, mac.as_deref(), vm)?;
+            Reply::ok(&with_host(ctx, move |h| h.detach(&sel)).await?)
+        }
+        Request::ReleasePort { port } => {
+            with_host(ctx, {
+                let port = port.clone();
+                move |h| h.release_port(&port)
+            })
+            .await?;
+            Reply::ok(&ReleasedPortView { port })
+        }
+        Request::List {} => Reply::ok(&with_host(ctx, |h| Ok(h.list())).await?),
+        Request::Plan {} => Reply::ok(&with_host(ctx, |h| Ok(h.plan())).await?),
+        Request::Routes {} => Reply::ok(&RoutesView {
+            routes: with_host(ctx, |h| Ok(h.routes())).await?,
+        }),
+        Request::Stats {} => Reply::ok(
+            &stats(ctx)
+                .await
+                .map_err(|e| Refusal::internal(format!("{e:#}")))?,
+        ),
+    })
+}
+
+async fn stats(ctx: &Arc<Ctx>) -> Result<StatsView> {
+    let (counters, ports) = {
+        let host = ctx.host();
+        (host.counters()?, host.ports())
+    };
+    let link_stats: HashMap<u32, ports::LinkInfo> = ctx
+        .links
+        .all()
+        .await?
+        .into_iter()
+        .map(|l| (l.ifindex, l))
+        .collect();
+    let counters = HOOKS
+        .into_iter()
+        .flat_map(|h| OUTCOMES.into_iter().map(move |o| (h, o)))
+        .map(|(h, o)| CounterView {
+            hook: h.name().to_owned(),
+            direction: h.direction().to_owned(),
+            outcome: o.name().to_owned(),
+            packets: counters.get(h, o),
+        })
+        .collect();
+    let ports = ports
+        .into_iter()
+        .map(|p| {
+            let l = link_stats.get(&p.ifindex);
+            PortView {
+                port: p.name,
+                ifindex: p.ifindex,
+                programs: p.programs.iter().map(|q| q.name().to_owned()).collect(),
+                bindings: p.bindings,
+                from_vm_packets: l.and_then(|l| l.rx_packets),
+                to_vm_packets: l.and_then(|l| l.tx_packets),
+                from_vm_dropped: l.and_then(|l| l.rx_dropped),
+                to_vm_dropped: l.and_then(|l| l.tx_dropped),
+            }
+        })
+        .collect();
+    Ok(StatsView { counters, ports })
+}
+
+/// The data plane's ring buffer: addresses learned from VMs' ARP, and VMs running for the first
+/// time since their attach. Both lead to announcements.
+async fn watch_events(ring: aya::maps::RingBuf<aya::maps::MapData>, ctx: Arc<Ctx>) {
+    // SAFETY: the ring buffer owns its descriptor, which stays open as long as the AsyncFd that
+    // owns the ring buffer.
+    let mut fd = match unsafe { AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e, "watching the event ring buffer");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(error = %e, "waiting for data-plane events");
+                return;
+            }
+        };
+        // Clear first: an event arriving while we drain makes it ready again.
+        guard.clear_ready();
+        let mut batch = Vec::new();
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<Event>() {
+                // SAFETY: the item holds at least one Event, a plain repr(C) type; unaligned read.
+                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+            }
+        }
+        drop(guard);
+        for ev in batch {
+            let learned = match ev.kind() {
+                Some(EventKind::Learned) => Some(Ipv4Addr::from(ev.ipv4)),
+                Some(EventKind::Active) => None,
+                None => continue,
+            };
+            let mac = Mac(ev.mac);
+            debug!(ifindex = ev.ifindex, %mac, ?learned, "data-plane event");
+            let announce = ctx.host().on_event(ev.ifindex, mac, learned);
+            if let Some(a) = announce {
+                ctx.announce(a);
+            }
+        }
+    }
+}
+
+/// Releases the bindings of ports that disappear, follows renames, and guards new VM ports of
+/// managed bridges.
+async fn watch_links(events: impl Stream<Item = LinkEvent>, ctx: Arc<Ctx>) {
+    let mut events = std::pin::pin!(events);
+    while let Some(ev) = events.next().await {
+        let result = with_host(&ctx, {
+            let ev = ev.clone();
+            move |h| match &ev {
+                LinkEvent::Removed { ifindex, .. } => h.link_removed(*ifindex),
+                LinkEvent::Changed(link) => h.link_changed(link),
+            }
+        })
+        .await;
+        if let Err(e) = result {
+            warn!(event = ?ev, error = %e, "handling a link event");
+        }
+    }
+    warn!("link events ended; relying on the periodic check");
+}
+
+async fn resync(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(RESYNC);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let _ = with_host(&ctx, |h| {
+            h.resync();
+            Ok(())
+        })
+        .await;
+    }
+}

@@ -1,0 +1,1019 @@
+//! The host: one hypervisor's pool, bindings, data plane and durable state, and the rules that
+//! keep them equal. Typed requests in, typed results or a [`Refusal`] out.
+//!
+//! Every change follows one order: compute the request's [`Change`]s against the state, make
+//! them durable in one store transaction, apply them to the state, then to the maps. A refused
+//! request changes nothing; one the maps refuse is undone on disk and in memory. After a crash,
+//! [`Host::reconcile`] corrects the maps to the state on disk.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use tracing::{info, warn};
+
+use crate::{
+    alloc::{Released, Source},
+    announce::{self, Announce},
+    common::{
+        maps::{BindingKey, BINDING_ANNOUNCE, UPLINK_IFINDEX},
+        pool::PoolPrefix,
+    },
+    mac::Mac,
+    plan::{Plan, Route},
+    ports::{self, LinkInfo, VmPorts},
+    refusal::{Code, Refusal},
+    state::{Binding, Change, Port, State},
+    store::Store,
+    views::{
+        AttachView, AttachVmView, BindingView, BoundView, DetachView, FreeView, HeldView, ListView,
+        PlanView,
+    },
+    Counters, Dataplane, Mode, Program,
+};
+
+/// Bind a VM's inside MAC on a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attach {
+    pub port: String,
+    pub inside: Mac,
+    /// The VM's name ("" for none): with the inside MAC, it names the VM port across attaches.
+    pub vm: String,
+    /// Addresses to announce from the outside MAC.
+    pub ips: Vec<Ipv4Addr>,
+    /// Accept a port that does not look like a VM port (not a tap or veth).
+    pub force: bool,
+}
+
+/// Which bindings to release: every filter given must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Detach {
+    pub port: Option<String>,
+    pub inside: Option<Mac>,
+    pub vm: Option<String>,
+}
+
+/// A managed port, as `mat stats` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortState {
+    pub name: String,
+    pub ifindex: u32,
+    pub programs: Vec<Program>,
+    pub bindings: usize,
+}
+
+pub struct Host {
+    dp: Dataplane,
+    store: Store,
+    state: State,
+    hold_ms: u64,
+    vm_ports: VmPorts,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whether two plans hand out the same MACs (VLANs do not matter to allocation).
+fn same_layout(a: &Plan, b: &Plan) -> bool {
+    (a.pool, a.rack_bits, a.host_bits, a.rack, a.host)
+        == (b.pool, b.rack_bits, b.host_bits, b.rack, b.host)
+}
+
+fn unknown_port(port: &str) -> Refusal {
+    Refusal::new(Code::UnknownPort, format!("no interface named {port:?}"))
+}
+
+impl Host {
+    /// Loads the state (or starts one) for `plan`, and takes the data plane.
+    pub fn open(
+        mut store: Store,
+        mut dp: Dataplane,
+        plan: Plan,
+        hold_ms: u64,
+        vm_ports: VmPorts,
+    ) -> Result<Self> {
+        let state = match store.load()? {
+            None => {
+                let s = State::new(plan);
+                store.reset(&s)?;
+                s
+            }
+            Some(s) if s.plan == plan => s,
+            Some(s) if same_layout(&s.plan, &plan) => {
+                info!(old = ?s.plan, new = ?plan, "plan changed outside the MAC layout");
+                store.set_plan(&plan)?;
+                State { plan, ..s }
+            }
+            Some(s) if s.bindings.is_empty() && s.alloc.released.is_empty() => {
+                info!(old = ?s.plan, new = ?plan, "new address plan; nothing was allocated");
+                let s = State {
+                    ports: s.ports,
+                    ..State::new(plan)
+                };
+                store.reset(&s)?;
+                s
+            }
+            Some(s) => anyhow::bail!(
+                "the state in {} was made with pool {} (rack {}, host {}) and has {} bindings and \
+                 {} held-down MACs; the configured plan gives pool {}: detach everything with the \
+                 old plan first, or point --state-dir elsewhere",
+                store.dir().display(),
+                s.plan.host_pool(),
+                s.plan.rack,
+                s.plan.host,
+                s.bindings.len(),
+                s.alloc.released.len(),
+                plan.host_pool()
+            ),
+        };
+        let pool = state.plan.pool;
+        dp.set_pools(&[PoolPrefix::new(pool.mac.0, pool.len)])
+            .context("setting the outside pool")?;
+        Ok(Self {
+            dp,
+            store,
+            state,
+            hold_ms,
+            vm_ports,
+        })
+    }
+
+    /// Makes `changes` durable, applies them to the state, then to the maps. If the maps refuse
+    /// a binding, everything is undone (maps, state, disk) and the request is refused.
+    fn commit(&mut self, changes: Vec<Change>) -> Result<(), Refusal> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .commit(&changes)
+            .map_err(|e| Refusal::internal(format!("{e:#}")))?;
+        for c in &changes {
+            self.state.apply(c);
+        }
+        for (i, c) in changes.iter().enumerate() {
+            let done = match c {
+                Change::Bind(b) => self
+                    .dp
+                    .bind(b.ifindex, b.inside.0, b.outside.0, BINDING_ANNOUNCE)
+                    .map_err(|e| format!("binding {} on {} in the maps: {e}", b.inside, b.port)),
+                Change::Unbind(b) => {
+                    // The disk no longer has it; a failure here is corrected by reconcile.
+                    if let Err(e) = self.dp.unbind(b.ifindex, b.inside.0, b.outside.0) {
+                        warn!(port = b.port, error = %e, "removing a binding from the maps");
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+            if let Err(why) = done {
+                self.undo(&changes[..=i]);
+                return Err(Refusal::internal(why));
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes the first changes of a commit whose maps failed: maps, then disk, then memory.
+    fn undo(&mut self, done: &[Change]) {
+        let inverse: Vec<Change> = done.iter().rev().map(Change::inverse).collect();
+        for c in &inverse {
+            let r = match c {
+                Change::Bind(b) => self.dp.bind(b.ifindex, b.inside.0, b.outside.0, 0),
+                Change::Unbind(b) => self.dp.unbind(b.ifindex, b.inside.0, b.outside.0),
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                warn!(error = %e, "undoing a failed change in the maps");
+            }
+        }
+        if let Err(e) = self.store.commit(&inverse) {
+            warn!(error = format!("{e:#}"), "undoing a failed change on disk");
+        }
+        for c in done.iter().rev() {
+            self.state.revert(c);
+        }
+    }
+
+    /// Brings everything in line with the state on disk: ports that went away while no daemon ran
+    /// are released, programs attached where needed and removed where not, and the maps
+    /// corrected entry by entry (entries already right are not touched, so forwarding never
+    /// stops).
+    pub fn reconcile(&mut self) -> Result<()> {
+        for p in self.vanished_ports() {
+            self.port_gone(&p, "missing at start")
+                .map_err(|r| anyhow::anyhow!("{r}"))?;
+        }
+        for p in self.state.ports.clone() {
+            // One port that cannot take the programs (another mode on it, say) must not keep the
+            // daemon, and every other port, from running.
+            if let Err(e) = self.dp.attach(&p.name, Mode::Port) {
+                warn!(port = p.name, error = %e, "attaching the programs at start");
+            }
+        }
+        let ours: HashSet<u32> = self.state.ports.iter().map(|p| p.ifindex).collect();
+        let mut stray: Vec<u32> = self
+            .dp
+            .links()?
+            .into_iter()
+            .filter(|&(i, p)| !ours.contains(&i) && p.on_port())
+            .map(|(i, _)| i)
+            .collect();
+        stray.sort_unstable();
+        stray.dedup();
+        for i in stray {
+            info!(
+                ifindex = i,
+                "detaching from a port that is not in the state"
+            );
+            self.dp.detach(i)?;
+        }
+        self.fix_maps()
+    }
+
+    /// Corrects the binding maps to the state.
+    fn fix_maps(&mut self) -> Result<()> {
+        let from: HashMap<(u32, Mac), Mac> = self
+            .state
+            .bindings
+            .iter()
+            .map(|b| ((b.ifindex, b.inside), b.outside))
+            .collect();
+        let to: HashMap<(u32, Mac), Mac> = self
+            .state
+            .bindings
+            .iter()
+            .map(|b| ((b.ifindex, b.outside), b.inside))
+            .collect();
+        let mut removed = 0;
+        let mut have_from = HashMap::new();
+        for (k, v) in self.dp.bindings()? {
+            if k.ifindex == UPLINK_IFINDEX {
+                continue;
+            }
+            if from.get(&(k.ifindex, Mac(k.mac))) == Some(&Mac(v.mac)) {
+                have_from.insert(k, Mac(v.mac));
+            } else {
+                self.dp.unbind(k.ifindex, k.mac, v.mac)?;
+                removed += 1;
+            }
+        }
+        let mut have_to = HashMap::new();
+        for (k, v) in self.dp.reverse_bindings()? {
+            if k.ifindex == UPLINK_IFINDEX {
+                continue;
+            }
+            if to.get(&(k.ifindex, Mac(k.mac))) == Some(&Mac(v.mac)) {
+                have_to.insert(k, Mac(v.mac));
+            } else {
+                self.dp.unbind(k.ifindex, v.mac, k.mac)?;
+                have_from.remove(&BindingKey::new(k.ifindex, v.mac));
+                removed += 1;
+            }
+        }
+        let mut added = 0;
+        for b in &self.state.bindings {
+            let ok_from =
+                have_from.get(&BindingKey::new(b.ifindex, b.inside.0)) == Some(&b.outside);
+            let ok_to = have_to.get(&BindingKey::new(b.ifindex, b.outside.0)) == Some(&b.inside);
+            if !(ok_from && ok_to) {
+                self.dp
+                    .bind(b.ifindex, b.inside.0, b.outside.0, BINDING_ANNOUNCE)?;
+                added += 1;
+            }
+        }
+        info!(
+            bindings = self.state.bindings.len(),
+            ports = self.state.ports.len(),
+            removed,
+            added,
+            "maps reconciled with the state"
+        );
+        Ok(())
+    }
+
+    /// The changes that release `bindings` into hold-down, in this order.
+    fn release(state: &State, bindings: &[Binding], now: u64) -> Vec<Change> {
+        let seq = state.alloc.next_seq();
+        (seq..)
+            .zip(bindings)
+            .flat_map(|(seq, b)| {
+                [
+                    Change::Unbind(b.clone()),
+                    Change::Release(Released {
+                        seq,
+                        outside: b.outside,
+                        vm: b.vm.clone(),
+                        inside: b.inside,
+                        at_ms: now,
+                    }),
+                ]
+            })
+            .collect()
+    }
+
+    /// The changes that release a port's bindings into hold-down and forget the port.
+    fn forget_port(state: &State, port: &Port, now: u64) -> Vec<Change> {
+        let bound: Vec<Binding> = state
+            .bindings
+            .iter()
+            .filter(|b| b.ifindex == port.ifindex)
+            .cloned()
+            .collect();
+        let mut changes = Self::release(state, &bound, now);
+        changes.push(Change::RemovePort(port.clone()));
+        changes
+    }
+
+    /// A port is gone: its bindings go into hold-down, its links are unpinned, the port is
+    /// forgotten. The one place that decides what a vanished port means.
+    fn port_gone(&mut self, port: &Port, why: &str) -> Result<(), Refusal> {
+        let changes = Self::forget_port(&self.state, port, now_ms());
+        let released = changes.len() - 1;
+        self.commit(changes)?;
+        if let Err(e) = self.dp.detach(port.ifindex) {
+            warn!(port = port.name, error = %e, "unpinning the links of a vanished port");
+        }
+        warn!(
+            port = port.name,
+            ifindex = port.ifindex,
+            released = released / 2,
+            why,
+            "port went away; its bindings are released into hold-down"
+        );
+        Ok(())
+    }
+
+    /// The kernel reported the link `ifindex` removed (or leaving its bridge): if the interface
+    /// is really gone, its port is released.
+    pub fn link_removed(&mut self, ifindex: u32) -> Result<(), Refusal> {
+        let Some(p) = self
+            .state
+            .ports
+            .iter()
+            .find(|p| p.ifindex == ifindex)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        match ports::ifname(p.ifindex) {
+            ports::Lookup::Gone => self.port_gone(&p, "link removed"),
+            ports::Lookup::Found(name) if name != p.name => self.port_gone(&p, "link replaced"),
+            _ => Ok(()),
+        }
+    }
+
+    /// A link was added or changed: follow a rename of a port, and put the programs on a new VM
+    /// port of a managed bridge at once, so that the spoof check guards it from its first frame
+    /// and its attach only writes a transaction and map entries.
+    pub fn link_changed(&mut self, link: &LinkInfo) -> Result<(), Refusal> {
+        if let Some(old) = self
+            .state
+            .ports
+            .iter()
+            .find(|p| p.ifindex == link.ifindex && p.name != link.name)
+            .map(|p| p.name.clone())
+        {
+            if ports::ifname(link.ifindex) != ports::Lookup::Found(link.name.clone()) {
+                return Ok(());
+            }
+            self.commit(vec![Change::RenamePort {
+                ifindex: link.ifindex,
+                from: old.clone(),
+                to: link.name.clone(),
+            }])?;
+            info!(ifindex = link.ifindex, old, new = link.name, "port renamed");
+            return Ok(());
+        }
+        if self.vm_ports.managed(link)
+            && !self.state.ports.iter().any(|p| p.ifindex == link.ifindex)
+        {
+            self.add_port(&link.name, link.ifindex)?;
+            info!(
+                port = link.name,
+                ifindex = link.ifindex,
+                "guarding a new port of a managed bridge"
+            );
+        }
+        Ok(())
+    }
+
+    /// Attaches the programs to a port and records it (the programs first: a port in the state
+    /// always has them).
+    fn add_port(&mut self, name: &str, ifindex: u32) -> Result<(), Refusal> {
+        self.dp
+            .attach(name, Mode::Port)
+            .map_err(|e| Refusal::internal(format!("attaching the programs to {name}: {e}")))?;
+        let r = self.commit(vec![Change::AddPort(Port {
+            name: name.to_owned(),
+            ifindex,
+        })]);
+        if r.is_err() {
+            let _ = self.dp.detach(ifindex);
+        }
+        r
+    }
+
+    /// Ports in the state whose interface is gone (an error looking one up is not "gone").
+    fn vanished_ports(&self) -> Vec<Port> {
+        self.state
+            .ports
+            .iter()
+            .filter(|p| match ports::ifname(p.ifindex) {
+                ports::Lookup::Gone => true,
+                ports::Lookup::Found(name) => name != p.name,
+                ports::Lookup::Unknown(e) => {
+                    warn!(port = p.name, error = %e, "cannot tell whether a port still exists");
+                    false
+                }
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Releases the bindings of ports whose interface is gone (events can be lost).
+    pub fn resync(&mut self) {
+        for p in self.vanished_ports() {
+            if let Err(e) = self.port_gone(&p, "found missing") {
+                warn!(port = p.name, error = %e, "releasing a vanished port");
+            }
+        }
+    }
+
+    /// Refuses MACs that cannot be a VM's own.
+    fn check_inside(&self, mac: Mac) -> Result<(), Refusal> {
+        let bad = |why: &str| Err(Refusal::new(Code::InvalidMac, format!("{mac} is {why}")));
+        if mac.is_zero() {
+            return bad("the zero MAC");
+        }
+        if mac.is_broadcast() {
+            return bad("the broadcast MAC");
+        }
+        if mac.is_multicast() {
+            return bad("a multicast MAC (first octet has bit 0 set)");
+        }
+        if self.state.plan.pool.contains(mac) {
+            return bad(&format!(
+                "inside the outside pool {}; a VM's own MAC must not be an outside MAC",
+                self.state.plan.pool
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a port for an attach: it exists, and it is a VM port. `link` is what rtnetlink
+    /// said of it (the daemon asks before calling in).
+    fn check_port(&self, port: &str, link: Option<&LinkInfo>, force: bool) -> Result<u32, Refusal> {
+        let Some(link) = link.filter(|l| l.name == port) else {
+            return Err(unknown_port(port));
+        };
+        if let Some(why) = self.vm_ports.refusal(link, force) {
+            return Err(Refusal::new(Code::NotVmPort, format!("{port} {why}")));
+        }
+        Ok(link.ifindex)
+    }
+
+    /// The changes that bind `req` on the port `ifindex`, computed against `state`.
+    fn bind_changes(
+        &self,
+        state: &State,
+        req: &Attach,
+        ifindex: u32,
+        now: u64,
+    ) -> Result<(Vec<Change>, Binding, Source), Refusal> {
+        if let Some(b) = state.bindings.iter().find(|b| b.ifindex == ifindex) {
+            return Err(Refusal::new(
+                Code::PortBound,
+                format!(
+                    "port {} is already bound: {} -> {}{}",
+                    req.port,
+                    b.inside,
+                    b.outside,
+                    vm_suffix(&b.vm)
+                ),
+            ));
+        }
+        if let Some(b) = state.bindings.iter().find(|b| b.inside == req.inside) {
+            return Err(Refusal::new(
+                Code::MacInUse,
+                format!("{} is already bound on port {}", req.inside, b.port),
+            ));
+        }
+        let mut changes = Vec::new();
+        // A port of the same name that we knew under another index went away unnoticed.
+        if let Some(old) = state.port(&req.port).filter(|p| p.ifindex != ifindex) {
+            changes.extend(Self::forget_port(state, old, now));
+        }
+        let bound = state.bindings.len() as u64;
+        let (outside, source, taken) = state
+            .alloc
+            .choose(&state.plan, &req.vm, req.inside, now, self.hold_ms, bound)
+            .map_err(|e| Refusal::new(Code::PoolExhausted, e.to_string()))?;
+        changes.push(Change::take(taken));
+        let binding = Binding {
+            port: req.port.clone(),
+            ifindex,
+            vm: req.vm.clone(),
+            inside: req.inside,
+            outside,
+            ips: req.ips.clone(),
+            since: now / 1000,
+        };
+        changes.push(Change::Bind(binding.clone()));
+        Ok((changes, binding, source))
+    }
+
+    /// Binds a VM's inside MAC on a port; returns the binding and what to announce.
+    pub fn attach(
+        &mut self,
+        mut req: Attach,
+        link: Option<&LinkInfo>,
+    ) -> Result<(AttachView, Option<Announce>), Refusal> {
+        self.check_inside(req.inside)?;
+        check_vm_name(&req.vm)?;
+        req.ips = checked_ips(&req.ips)?;
+        let ifindex = self.check_port(&req.port, link, req.force)?;
+        let now = now_ms();
+        let (mut changes, binding, source) = self.bind_changes(&self.state, &req, ifindex, now)?;
+        if !self.state.ports.iter().any(|p| p.ifindex == ifindex) {
+            // Programs first, so the binding works as soon as it is in the maps.
+            self.dp.attach(&req.port, Mode::Port).map_err(|e| {
+                Refusal::internal(format!("attaching the programs to {}: {e}", req.port))
+            })?;
+            changes.insert(
+                changes.len() - 2,
+                Change::AddPort(Port {
+                    name: req.port.clone(),
+                    ifindex,
+                }),
+            );
+            if let Err(r) = self.commit(changes) {
+                if !self.state.ports.iter().any(|p| p.ifindex == ifindex) {
+                    let _ = self.dp.detach(ifindex);
+                }
+                return Err(r);
+            }
+        } else {
+            self.commit(changes)?;
+        }
+        info!(port = req.port, ifindex, vm = req.vm, inside = %req.inside,
+              outside = %binding.outside, ?source, "attached");
+        let announce = (!binding.ips.is_empty()).then(|| Announce {
+            ifindex,
+            outside: binding.outside,
+            ips: binding.ips.clone(),
+            learned: false,
+        });
+        Ok((
+            AttachView {
+                binding: self.view(&binding, None),
+                source,
+            },
+            announce,
+        ))
+    }
+
+    /// Binds a VM's ports keyed by (VM, inside MAC), for the libvirt hook. Kept when already
+    /// bound as asked; moved from another port otherwise. The announcement waits for the VM's
+    /// first frame (the binding's announce flag). All or nothing: the whole change is computed
+    /// first and committed once.
+    pub fn attach_vm(
+        &mut self,
+        vm: &str,
+        ports: &[(Attach, Option<LinkInfo>)],
+    ) -> Result<AttachVmView, Refusal> {
+        if vm.is_empty() || ports.is_empty() {
+            return Err(Refusal::new(
+                Code::BadRequest,
+                "attach_vm needs a VM and at least one port",
+            ));
+        }
+        check_vm_name(vm)?;
+        let mut wanted: Vec<(Attach, u32)> = Vec::new();
+        for (req, link) in ports {
+            self.check_inside(req.inside)?;
+            let ifindex = self.check_port(&req.port, link.as_ref(), false)?;
+            if wanted
+                .iter()
+                .any(|(w, i)| *i == ifindex || w.inside == req.inside)
+            {
+                return Err(Refusal::new(
+                    Code::BadRequest,
+                    format!("port {} or MAC {} given twice", req.port, req.inside),
+                ));
+            }
+            let req = Attach {
+                vm: vm.to_owned(),
+                ips: checked_ips(&req.ips)?,
+                ..req.clone()
+            };
+            wanted.push((req, ifindex));
+        }
+        // The whole change on a scratch copy of the state: later ports see earlier ones.
+        let now = now_ms();
+        let mut scratch = self.state.clone();
+        let mut changes = Vec::new();
+        let mut attached = Vec::new();
+        let mut kept = Vec::new();
+        let mut new_ports = Vec::new();
+        for (req, ifindex) in &wanted {
+            let step = |c: Vec<Change>, scratch: &mut State, changes: &mut Vec<Change>| {
+                for c in c {
+                    scratch.apply(&c);
+                    changes.push(c);
+                }
+            };
+            if let Some(b) = scratch
+                .bindings
+                .iter()
+                .find(|b| b.ifindex == *ifindex && b.inside == req.inside && b.vm == vm)
+            {
+                kept.push(b.clone());
+                continue;
+            }
+            // The VM's MAC bound on another port (its tap changed): released there first, so
+            // that it gets its outside MAC back.
+            if let Some(old) = scratch
+                .bindings
+                .iter()
+                .find(|b| b.vm == vm && b.inside == req.inside)
+                .cloned()
+            {
+                info!(vm, inside = %req.inside, old = old.port, new = req.port, "moving a VM port");
+                let c = Self::release(&scratch, &[old], now);
+                step(c, &mut scratch, &mut changes);
+            }
+            let (mut c, binding, source) = self.bind_changes(&scratch, req, *ifindex, now)?;
+            if !scratch.ports.iter().any(|p| p.ifindex == *ifindex) {
+                c.insert(
+                    c.len() - 2,
+                    Change::AddPort(Port {
+                        name: req.port.clone(),
+                        ifindex: *ifindex,
+                    }),
+                );
+                new_ports.push((req.port.clone(), *ifindex));
+            }
+            step(c, &mut scratch, &mut changes);
+            attached.push((binding, source));
+        }
+        for (i, (name, ifindex)) in new_ports.iter().enumerate() {
+            if let Err(e) = self.dp.attach(name, Mode::Port) {
+                for (_, ifindex) in &new_ports[..=i] {
+                    let _ = self.dp.detach(*ifindex);
+                }
+                return Err(Refusal::internal(format!(
+                    "attaching the programs to {name}: {e}"
+                )));
+            }
+            let _ = ifindex;
+        }
+        if let Err(r) = self.commit(changes) {
+            for (_, ifindex) in &new_ports {
+                if !self.state.ports.iter().any(|p| p.ifindex == *ifindex) {
+                    let _ = self.dp.detach(*ifindex);
+                }
+            }
+            return Err(r);
+        }
+        for (b, source) in &attached {
+            info!(port = b.port, vm, inside = %b.inside, outside = %b.outside, ?source, "attached");
+        }
+        Ok(AttachVmView {
+            attached: attached
+                .iter()
+                .map(|(b, source)| AttachView {
+                    binding: self.view(b, None),
+                    source: *source,
+                })
+                .collect(),
+            kept: kept.iter().map(|b| self.view(b, None)).collect(),
+        })
+    }
+
+    /// Releases the chosen bindings into hold-down.
+    pub fn detach(&mut self, sel: &Detach) -> Result<DetachView, Refusal> {
+        if sel.port.is_none() && sel.vm.is_none() {
+            return Err(Refusal::new(
+                Code::BadRequest,
+                "detach needs a port or a VM name",
+            ));
+        }
+        if sel.vm.as_deref() == Some("") {
+            return Err(Refusal::new(
+                Code::BadRequest,
+                "an empty VM name selects nothing; name the port instead",
+            ));
+        }
+        let chosen: Vec<Binding> = self
+            .state
+            .bindings
+            .iter()
+            .filter(|b| sel.port.as_ref().is_none_or(|p| &b.port == p))
+            .filter(|b| sel.inside.is_none_or(|m| b.inside == m))
+            .filter(|b| sel.vm.as_ref().is_none_or(|v| &b.vm == v))
+            .cloned()
+            .collect();
+        if chosen.is_empty() {
+            let mut what = Vec::new();
+            if let Some(p) = &sel.port {
+                what.push(format!("port {p}"));
+            }
+            if let Some(m) = sel.inside {
+                what.push(format!("MAC {m}"));
+            }
+            if let Some(v) = &sel.vm {
+                what.push(format!("VM {v}"));
+            }
+            return Err(Refusal::new(
+                Code::NotBound,
+                format!("nothing is bound for {}", what.join(", ")),
+            ));
+        }
+        let now = now_ms();
+        let views: Vec<BindingView> = chosen.iter().map(|b| self.view(b, None)).collect();
+        self.commit(Self::release(&self.state, &chosen, now))?;
+        for b in &chosen {
+            info!(port = b.port, vm = b.vm, inside = %b.inside, outside = %b.outside, "detached");
+        }
+        Ok(DetachView { released: views })
+    }
+
+    /// Takes MAT's programs off a port that has no binding and forgets it (an operator's undo of
+    /// an attach to the wrong port). A port of a managed bridge gets them back when it changes.
+    pub fn release_port(&mut self, port: &str) -> Result<(), Refusal> {
+        let ifindex = match self.state.port(port) {
+            Some(p) => p.ifindex,
+            None => match ports::ifindex(port) {
+                Some(i) if self.dp.attached(i).iter().any(|p| p.on_port()) => i,
+                Some(_) => {
+                    return Err(Refusal::new(
+                        Code::NotBound,
+                        format!("{port} carries none of MAT's programs"),
+                    ))
+                }
+                None => return Err(unknown_port(port)),
+            },
+        };
+        if let Some(b) = self.state.bindings.iter().find(|b| b.ifindex == ifindex) {
+            return Err(Refusal::new(
+                Code::PortBound,
+                format!(
+                    "{port} is bound ({} -> {}{}): detach it first",
+                    b.inside,
+                    b.outside,
+                    vm_suffix(&b.vm)
+                ),
+            ));
+        }
+        if let Some(p) = self
+            .state
+            .ports
+            .iter()
+            .find(|p| p.ifindex == ifindex)
+            .cloned()
+        {
+            self.commit(vec![Change::RemovePort(p)])?;
+        }
+        self.dp
+            .detach(ifindex)
+            .map_err(|e| Refusal::internal(format!("detaching the programs from {port}: {e}")))?;
+        info!(port, ifindex, "programs taken off the port");
+        Ok(())
+    }
+
+    fn view(&self, b: &Binding, learned: Option<&HashMap<(u32, Mac), Ipv4Addr>>) -> BindingView {
+        let since = UNIX_EPOCH + std::time::Duration::from_secs(b.since);
+        let learned = match learned {
+            Some(all) => all.get(&(b.ifindex, b.inside)).copied(),
+            None => self.dp.learned_for(b.ifindex, b.inside.0).ok().flatten(),
+        };
+        BindingView {
+            vm: b.vm.clone(),
+            port: b.port.clone(),
+            ifindex: b.ifindex,
+            inside: b.inside,
+            outside: b.outside,
+            ips: b.ips.clone(),
+            learned: learned.into_iter().collect(),
+            since: b.since,
+            since_rfc3339: humantime::format_rfc3339_seconds(since).to_string(),
+        }
+    }
+
+    pub fn list(&self) -> ListView {
+        let learned: HashMap<(u32, Mac), Ipv4Addr> = self
+            .dp
+            .learned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, ip)| ((k.ifindex, Mac(k.mac)), ip))
+            .collect();
+        let mut bindings: Vec<BindingView> = self
+            .state
+            .bindings
+            .iter()
+            .map(|b| self.view(b, Some(&learned)))
+            .collect();
+        bindings.sort_by(|a, b| (&a.port, a.inside).cmp(&(&b.port, b.inside)));
+        ListView { bindings }
+    }
+
+    pub fn plan(&self) -> PlanView {
+        let p = &self.state.plan;
+        let now = now_ms();
+        let a = &self.state.alloc;
+        let mut bound: Vec<BoundView> = self
+            .state
+            .bindings
+            .iter()
+            .map(|b| BoundView {
+                outside: b.outside,
+                vm: b.vm.clone(),
+                port: b.port.clone(),
+                inside: b.inside,
+            })
+            .collect();
+        bound.sort_by_key(|b| b.outside);
+        let held: Vec<HeldView> = a
+            .held(now, self.hold_ms)
+            .map(|r| HeldView {
+                outside: r.outside,
+                vm: r.vm.clone(),
+                inside: r.inside,
+                released_ms: r.at_ms,
+                remaining_ms: r.at_ms + self.hold_ms - now,
+            })
+            .collect();
+        let reusable: Vec<Mac> = a.expired(now, self.hold_ms).map(|r| r.outside).collect();
+        let fresh = p.capacity() - a.next_fresh;
+        let ranges = match fresh {
+            0 => vec![],
+            1 => vec![p.mac_at(a.next_fresh).to_string()],
+            _ => vec![format!(
+                "{}-{}",
+                p.mac_at(a.next_fresh),
+                p.mac_at(p.capacity() - 1)
+            )],
+        };
+        let next = if fresh > 0 {
+            Some(p.mac_at(a.next_fresh))
+        } else {
+            reusable.first().copied()
+        };
+        PlanView {
+            pool: p.pool.to_string(),
+            host_pool: p.host_pool().to_string(),
+            rack_route: p.rack_route().to_string(),
+            rack: p.rack,
+            host: p.host,
+            rack_bits: p.rack_bits,
+            host_bits: p.host_bits,
+            vm_bits: p.vm_bits(),
+            capacity: p.capacity(),
+            hold_down_ms: self.hold_ms,
+            bound,
+            held,
+            free: FreeView {
+                count: fresh + reusable.len() as u64,
+                ranges,
+                reusable,
+                next,
+            },
+        }
+    }
+
+    pub fn routes(&self) -> Vec<Route> {
+        self.state.plan.routes()
+    }
+
+    /// The data plane's counters.
+    pub fn counters(&self) -> Result<Counters, crate::Error> {
+        self.dp.counters()
+    }
+
+    /// The managed ports with their programs and binding counts.
+    pub fn ports(&self) -> Vec<PortState> {
+        self.state
+            .ports
+            .iter()
+            .map(|p| PortState {
+                name: p.name.clone(),
+                ifindex: p.ifindex,
+                programs: self.dp.attached(p.ifindex),
+                bindings: self
+                    .state
+                    .bindings
+                    .iter()
+                    .filter(|b| b.ifindex == p.ifindex)
+                    .count(),
+            })
+            .collect()
+    }
+
+    pub fn host_pool(&self) -> String {
+        self.state.plan.host_pool().to_string()
+    }
+
+    pub fn binding_count(&self) -> usize {
+        self.state.bindings.len()
+    }
+
+    /// What to announce for a data-plane event about (port, inside MAC), if it is bound: the
+    /// learned address, or (on the VM's first frame) every address it has. A learned address
+    /// that is not unicast, or that another binding was given, is not announced.
+    pub fn on_event(
+        &self,
+        ifindex: u32,
+        inside: Mac,
+        learned: Option<Ipv4Addr>,
+    ) -> Option<Announce> {
+        let b = self
+            .state
+            .bindings
+            .iter()
+            .find(|b| b.ifindex == ifindex && b.inside == inside)?;
+        let ips = match learned {
+            Some(ip) => {
+                if !announce::announceable(ip) {
+                    return None;
+                }
+                if let Some(owner) = self
+                    .state
+                    .bindings
+                    .iter()
+                    .find(|o| o.ifindex != ifindex && o.ips.contains(&ip))
+                {
+                    warn!(%ip, port = b.port, vm = b.vm, owner_port = owner.port,
+                          owner_vm = owner.vm, "a VM claims an address given to another: not announced");
+                    return None;
+                }
+                vec![ip]
+            }
+            None => {
+                let mut ips = b.ips.clone();
+                ips.extend(
+                    self.dp
+                        .learned_for(ifindex, inside.0)
+                        .ok()
+                        .flatten()
+                        .filter(|&ip| announce::announceable(ip)),
+                );
+                ips.sort_unstable();
+                ips.dedup();
+                ips
+            }
+        };
+        (!ips.is_empty()).then_some(Announce {
+            ifindex,
+            outside: b.outside,
+            ips,
+            learned: learned.is_some(),
+        })
+    }
+
+    /// Whether `outside` is still bound on `ifindex` (an announcement stops when it is not).
+    pub fn is_bound(&self, ifindex: u32, outside: Mac) -> bool {
+        self.state
+            .bindings
+            .iter()
+            .any(|b| b.ifindex == ifindex && b.outside == outside)
+    }
+}
+
+fn vm_suffix(vm: &str) -> String {
+    if vm.is_empty() {
+        String::new()
+    } else {
+        format!(" (VM {vm})")
+    }
+}
+
+fn check_vm_name(vm: &str) -> Result<(), Refusal> {
+    if vm.len() > 256 || vm.chars().any(char::is_control) {
+        return Err(Refusal::new(
+            Code::BadRequest,
+            "a VM name is at most 256 bytes without control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// The given addresses, sorted and deduplicated; refused unless every one can be announced.
+fn checked_ips(ips: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>, Refusal> {
+    if let Some(ip) = ips.iter().find(|&&ip| !announce::announceable(ip)) {
+        return Err(Refusal::new(
+            Code::InvalidIp,
+            format!("{ip} is not a unicast address a VM can own"),
+        ));
+    }
+    let mut ips = ips.to_vec();
+    ips.sort_unstable();
+    ips.dedup();
+    Ok(ips)
+}

@@ -1,0 +1,135 @@
+//! What the host answers: typed results, with the field names the protocol carries them under.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{alloc::Source, mac::Mac, plan::Route};
+
+/// A binding as the daemon shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindingView {
+    pub vm: String,
+    pub port: String,
+    pub ifindex: u32,
+    pub inside: Mac,
+    pub outside: Mac,
+    /// Addresses the caller gave.
+    pub ips: Vec<Ipv4Addr>,
+    /// The address the data plane learned from the VM's own ARP, if any.
+    pub learned: Vec<Ipv4Addr>,
+    /// Seconds since the Unix epoch, and the same as RFC 3339.
+    pub since: u64,
+    pub since_rfc3339: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachView {
+    #[serde(flatten)]
+    pub binding: BindingView,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachVmView {
+    /// Bound by this request.
+    pub attached: Vec<AttachView>,
+    /// Already bound as asked: unchanged.
+    pub kept: Vec<BindingView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DetachView {
+    pub released: Vec<BindingView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReleasedPortView {
+    pub port: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListView {
+    pub bindings: Vec<BindingView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoutesView {
+    pub routes: Vec<Route>,
+}
+
+/// One data-plane counter: a program (and so a direction) and an outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterView {
+    pub hook: String,
+    /// `from_vm` or `to_vm`.
+    pub direction: String,
+    pub outcome: String,
+    pub packets: u64,
+}
+
+/// A managed port: the programs on it and the kernel's packet counts for it (frames from the VM
+/// are the port's rx, frames to it its tx).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortView {
+    pub port: String,
+    pub ifindex: u32,
+    pub programs: Vec<String>,
+    pub bindings: usize,
+    pub from_vm_packets: Option<u64>,
+    pub to_vm_packets: Option<u64>,
+    pub from_vm_dropped: Option<u64>,
+    pub to_vm_dropped: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatsView {
+    /// Every counter of the data plane, zeros included, summed over CPUs.
+    pub counters: Vec<CounterView>,
+    pub ports: Vec<PortView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeldView {
+    pub outside: Mac,
+    pub vm: String,
+    pub inside: Mac,
+    pub released_ms: u64,
+    pub remaining_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FreeView {
+    pub count: u64,
+    /// Never-used MACs, as `first-last` ranges.
+    pub ranges: Vec<String>,
+    /// Released MACs past their hold-down, next to be reused first.
+    pub reusable: Vec<Mac>,
+    /// What the next attach of a new VM port would get.
+    pub next: Option<Mac>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BoundView {
+    pub outside: Mac,
+    pub vm: String,
+    pub port: String,
+    pub inside: Mac,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PlanView {
+    pub pool: String,
+    pub host_pool: String,
+    pub rack_route: String,
+    pub rack: u64,
+    pub host: u64,
+    pub rack_bits: u8,
+    pub host_bits: u8,
+    pub vm_bits: u8,
+    pub capacity: u64,
+    pub hold_down_ms: u64,
+    pub bound: Vec<BoundView>,
+    pub held: Vec<HeldView>,
+    pub free: FreeView,
+}

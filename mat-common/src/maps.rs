@@ -11,6 +11,12 @@ pub const COUNTERS: &str = "MAT_COUNTERS";
 /// Ring buffer of [`crate::event::Event`]s for the control plane.
 pub const EVENTS: &str = "MAT_EVENTS";
 
+/// The data plane's layout: the maps' keys, values and sizes, the counter layout, and the
+/// program set. Bump it with any change to one of them; the loader pins each layout in a
+/// directory of its own (`<pin dir>/v<LAYOUT>`) and migrates the one before it. Layout 1 is the
+/// unversioned one of the first release (maps and `links/` directly in the pin directory).
+pub const LAYOUT: u32 = 2;
+
 /// Entries in each binding map: room for 65,536 VMs plus headroom.
 pub const MAX_BINDINGS: u32 = 1 << 17;
 /// Bytes in the event ring buffer (a power of two pages).

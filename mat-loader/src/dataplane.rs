@@ -27,7 +27,7 @@ use mat_common::{
 };
 
 use crate::{
-    bpffs,
+    bpffs, layout,
     program::{Hookpoint, Mode, Program},
     Error,
 };
@@ -38,18 +38,26 @@ pub struct PinLock(#[expect(dead_code, reason = "held for its flock")] Flock<std
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    /// This layout's directory under `pin_dir`.
+    dir: PathBuf,
 }
 
 impl Dataplane {
     /// Loads the object, reusing the maps pinned under `pin_dir` (creating and pinning them the
-    /// first time). Programs already attached keep running throughout.
+    /// first time). Programs already attached keep running throughout. Pins of the layout
+    /// before this one are migrated (see [`crate::layout`]); an unknown layout is refused with
+    /// nothing touched.
     pub fn open(pin_dir: impl AsRef<Path>) -> Result<Self, Error> {
         let pin_dir = pin_dir.as_ref().to_owned();
-        bpffs::ensure(&pin_dir.join("links"))?;
-        let ebpf = EbpfLoader::new()
-            .map_pin_path(&pin_dir)
-            .load(crate::OBJECT)?;
-        Ok(Self { ebpf, pin_dir })
+        let found = layout::detect(&pin_dir)?;
+        let dir = layout::dir(&pin_dir);
+        bpffs::ensure(&dir.join("links"))?;
+        let ebpf = EbpfLoader::new().map_pin_path(&dir).load(crate::OBJECT)?;
+        let mut dp = Self { ebpf, pin_dir, dir };
+        if found == layout::Found::V1 {
+            layout::migrate_v1(&dp.pin_dir.clone(), &mut dp)?;
+        }
+        Ok(dp)
     }
 
     /// Takes an exclusive lock on the pin directory (creating it, and mounting bpffs, when
@@ -57,7 +65,7 @@ impl Dataplane {
     /// plane. The lock lasts as long as the returned descriptor.
     pub fn lock(pin_dir: impl AsRef<Path>, wait: std::time::Duration) -> Result<PinLock, Error> {
         let pin_dir = pin_dir.as_ref();
-        bpffs::ensure(&pin_dir.join("links"))?;
+        bpffs::ensure(pin_dir)?;
         let mut dir = std::fs::File::open(pin_dir)?;
         let until = std::time::Instant::now() + wait;
         loop {
@@ -180,20 +188,14 @@ impl Dataplane {
     /// Interfaces with pinned links, as (ifindex, program).
     pub fn links(&self) -> Result<Vec<(u32, Program)>, Error> {
         let mut links = Vec::new();
-        for entry in std::fs::read_dir(self.pin_dir.join("links"))? {
-            let name = entry?.file_name();
-            let name = name.to_string_lossy();
-            let parsed = name.split_once('-').and_then(|(i, p)| {
-                let p = Program::ALL.into_iter().find(|q| q.name() == p)?;
-                Some((i.parse().ok()?, p))
-            });
-            links.extend(parsed);
+        for entry in std::fs::read_dir(self.dir.join("links"))? {
+            links.extend(parse_link_pin(&entry?.file_name().to_string_lossy()));
         }
         Ok(links)
     }
 
-    fn link_pin(&self, ifindex: u32, p: Program) -> PathBuf {
-        self.pin_dir
+    pub(crate) fn link_pin(&self, ifindex: u32, p: Program) -> PathBuf {
+        self.dir
             .join("links")
             .join(format!("{ifindex}-{}", p.name()))
     }
@@ -323,13 +325,14 @@ impl Dataplane {
         for (ifindex, _) in self.links()? {
             self.detach(ifindex)?;
         }
-        for entry in std::fs::read_dir(&self.pin_dir)? {
+        for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
             if path.is_file() {
                 std::fs::remove_file(path)?;
             }
         }
-        std::fs::remove_dir(self.pin_dir.join("links"))?;
+        std::fs::remove_dir(self.dir.join("links"))?;
+        std::fs::remove_dir(&self.dir)?;
         std::fs::remove_dir(&self.pin_dir)?;
         Ok(())
     }
@@ -341,13 +344,19 @@ impl Dataplane {
         Ok(HashMap::try_from(self.map_mut(name))?)
     }
 
+    pub(crate) fn program_mut(&mut self, p: Program) -> &mut aya::programs::Program {
+        self.ebpf
+            .program_mut(p.name())
+            .unwrap_or_else(|| panic!("object lacks program {}", p.name()))
+    }
+
     fn map(&self, name: &str) -> &aya::maps::Map {
         self.ebpf
             .map(name)
             .unwrap_or_else(|| panic!("object lacks map {name}"))
     }
 
-    fn map_mut(&mut self, name: &str) -> &mut aya::maps::Map {
+    pub(crate) fn map_mut(&mut self, name: &str) -> &mut aya::maps::Map {
         self.ebpf
             .map_mut(name)
             .unwrap_or_else(|| panic!("object lacks map {name}"))
@@ -383,6 +392,13 @@ impl Counters {
             .filter(|&(_, _, v)| v != 0)
             .collect()
     }
+}
+
+/// The (ifindex, program) of a link pin's file name, `<ifindex>-<program>`.
+pub(crate) fn parse_link_pin(name: &str) -> Option<(u32, Program)> {
+    let (i, p) = name.split_once('-')?;
+    let p = Program::ALL.into_iter().find(|q| q.name() == p)?;
+    Some((i.parse().ok()?, p))
 }
 
 fn ifindex(ifname: &str) -> Result<u32, Error> {

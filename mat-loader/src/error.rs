@@ -11,6 +11,12 @@ pub enum Error {
     },
     #[error("at most {max} outside pools, got {got}")]
     TooManyPools { max: usize, got: usize },
+    #[error(
+        "pin directory {} holds data-plane layout {found}; this mat knows layout {}: run the \
+         release that made it (or remove the pins, which stops translation)",
+        pin_dir.display(), mat_common::maps::LAYOUT
+    )]
+    Layout { pin_dir: PathBuf, found: u32 },
     #[error("pin directory {} is in use by another mat daemon", .0.display())]
     PinsInUse(PathBuf),
     #[error("BPF filesystem at {path}: {source}")]

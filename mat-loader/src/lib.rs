@@ -6,6 +6,7 @@
 mod bpffs;
 mod dataplane;
 mod error;
+mod layout;
 mod program;
 pub mod test_run;
 
@@ -39,4 +40,4 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mat";
 pub const DEFAULT_SOCKET: &str = "/run/mat/mat.sock";
 
 /// The kernel object, built by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mat"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mat"));

@@ -5,6 +5,7 @@ pub mod capture;
 pub mod daemon;
 pub mod frames;
 pub mod guest;
+pub mod legacy;
 pub mod libvirt;
 pub mod model;
 pub mod netns;

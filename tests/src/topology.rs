@@ -26,7 +26,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{frames::Mac, netns::Netns, pins::unique};
+use crate::{
+    frames::Mac,
+    netns::{ChildGuard, Netns},
+    pins::unique,
+};
 
 /// Prefix length of the lab's subnet, 192.0.2.0/24.
 pub const PREFIX_LEN: u8 = 24;
@@ -413,4 +417,58 @@ fn checksum(mut sum: u64, data: &[u8]) -> u64 {
         sum = sum.wrapping_mul(0x100_0000_01b3).wrapping_add(b as u64);
     }
     sum
+}
+
+/// A ping every 10 ms from a namespace, in the background, to check that nothing is lost while
+/// something changes underneath.
+pub struct PingStream {
+    child: ChildGuard,
+    output: std::thread::JoinHandle<String>,
+}
+
+impl PingStream {
+    pub fn start(ns: &Netns, to: Ipv4Addr) -> PingStream {
+        let mut child = ChildGuard(
+            ns.command("ping")
+                .args(["-n", "-i", "0.01", "-W", "1"])
+                .arg(to.to_string())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("starting ping"),
+        );
+        // Read as it comes: a full pipe would stall ping.
+        let mut stdout = child.0.stdout.take().expect("ping's stdout");
+        let output = std::thread::spawn(move || {
+            let mut out = String::new();
+            stdout
+                .read_to_string(&mut out)
+                .expect("reading ping's output");
+            out
+        });
+        PingStream { child, output }
+    }
+
+    /// Stops ping (SIGINT) and returns (sequence numbers answered, sequence numbers missing
+    /// before the last answer).
+    pub fn stop(mut self) -> (usize, Vec<u64>) {
+        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.0.wait();
+        let out = self.output.join().expect("ping reader");
+        let got: std::collections::HashSet<u64> = out
+            .lines()
+            .filter_map(|l| {
+                l.split("icmp_seq=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        let last = got.iter().copied().max().unwrap_or(0);
+        (got.len(), (1..=last).filter(|s| !got.contains(s)).collect())
+    }
 }

@@ -8,6 +8,7 @@ pub mod counters;
 pub mod event;
 pub mod maps;
 pub mod pool;
+pub mod switch;
 
 /// An Ethernet address as it appears on the wire.
 pub type MacAddr = [u8; 6];

@@ -10,5 +10,6 @@ pub mod libvirt;
 pub mod model;
 pub mod netns;
 pub mod pins;
+pub mod switch;
 pub mod tap;
 pub mod topology;

@@ -110,19 +110,21 @@ fn test(args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    nightly_cargo(&[
-        "clippy",
-        "--package",
-        "mat-ebpf",
-        "--release",
-        "--target",
-        "bpfel-unknown-none",
-        "-Z",
-        "build-std=core",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
+    for kernel_crate in ["mat-ebpf", "mat-switch-ebpf"] {
+        nightly_cargo(&[
+            "clippy",
+            "--package",
+            kernel_crate,
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+    }
     let mut test = vec!["test", "--no-fail-fast", "--"];
     test.extend(args.iter().map(String::as_str));
     cargo(&test)

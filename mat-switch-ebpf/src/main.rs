@@ -85,6 +85,13 @@ pub fn switch_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Does nothing (XDP_PASS): put on the far end of a veth so that the XDP unicast path can
+/// redirect into it (measurements only).
+#[xdp]
+pub fn pass_xdp(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -21,6 +21,8 @@ pub mod switch_program {
     pub const TC: &str = "switch_tc";
     /// The XDP unicast path (measurements only).
     pub const XDP: &str = "switch_xdp";
+    /// XDP_PASS, for the far end of a veth the XDP path redirects into.
+    pub const PASS_XDP: &str = "pass_xdp";
 }
 
 /// Where switches are pinned unless told otherwise.

@@ -359,6 +359,31 @@ impl Switch {
         Ok(())
     }
 
+    /// Puts an XDP_PASS program on `ifname` (in the calling thread's namespace: the far end of
+    /// a port's veth), so that the XDP path can redirect into the port; pinned with the switch
+    /// and removed with it. Measurements only.
+    pub fn attach_pass_xdp(&mut self, ifname: &str) -> Result<(), Error> {
+        let ifindex = ifindex(ifname)?;
+        let prog = self
+            .ebpf
+            .program_mut(crate::switch_program::PASS_XDP)
+            .expect("object has pass_xdp");
+        let x = <&mut Xdp>::try_from(prog)?;
+        if x.fd().is_err() {
+            x.load()?;
+        }
+        let id = x.attach(ifname, XdpFlags::default())?;
+        let link: FdLink = x.take_link(id)?.try_into()?;
+        // Far ends live in other namespaces, where ifindexes repeat: number them instead.
+        let n = std::fs::read_dir(self.dir.join("links"))?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("far-"))
+            .count();
+        let name = format!("far-{n}-{ifindex}-{}", crate::switch_program::PASS_XDP);
+        link.pin(self.dir.join("links").join(name))?;
+        Ok(())
+    }
+
     fn link_pin(&self, ifindex: u32, program: &str) -> PathBuf {
         self.dir.join("links").join(format!("{ifindex}-{program}"))
     }

@@ -4,6 +4,8 @@
 mod bench;
 #[cfg(any(feature = "bench", feature = "demo"))]
 mod demo;
+#[cfg(feature = "lab")]
+mod lab;
 mod setup;
 
 use std::process::Command;
@@ -38,6 +40,59 @@ enum Task {
     /// A small hypervisor in namespaces running the mat daemon, two VMs attached, and a capture
     /// showing only outside MACs on the wire; cleans up after itself (as root).
     Demo,
+    /// The fabric: MAT (mat-switch core and ToRs, mat daemons on the hypervisors) beside flat
+    /// Linux bridges, same topology: reachability, table sizes, a core flush, a VM moved across
+    /// racks, forwarding cost (as root; the default size takes under a minute).
+    Lab(LabArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct LabArgs {
+    #[arg(long, default_value_t = 2)]
+    racks: usize,
+    /// Hypervisors per rack.
+    #[arg(long, default_value_t = 2)]
+    hosts: usize,
+    /// VMs in all, spread over the hypervisors.
+    #[arg(long, default_value_t = 8)]
+    vms: usize,
+    /// Routes per VLAN: untagged plus VLANs 1..N-1.
+    #[arg(long, default_value_t = 1)]
+    vlans: usize,
+    /// Leave the MAT fabric up afterwards (until `--clean`).
+    #[arg(long)]
+    keep: bool,
+    /// Remove a fabric left up by `--keep`, and nothing else.
+    #[arg(long, conflicts_with = "keep")]
+    clean: bool,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+impl LabArgs {
+    #[cfg_attr(
+        feature = "lab",
+        expect(dead_code, reason = "used to re-run without the feature")
+    )]
+    fn to_args(&self) -> Vec<String> {
+        let mut v = vec![
+            "lab".to_owned(),
+            format!("--racks={}", self.racks),
+            format!("--hosts={}", self.hosts),
+            format!("--vms={}", self.vms),
+            format!("--vlans={}", self.vlans),
+        ];
+        v.extend(self.keep.then(|| "--keep".to_owned()));
+        v.extend(self.clean.then(|| "--clean".to_owned()));
+        if let Some(j) = &self.json {
+            let abs = std::env::current_dir()
+                .map(|d| d.join(j))
+                .unwrap_or(j.clone());
+            v.push(format!("--json={}", abs.display()));
+        }
+        v
+    }
 }
 
 fn main() -> Result<()> {
@@ -46,7 +101,44 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Bench { quick } => bench(quick),
         Task::Demo => demo(),
+        Task::Lab(args) => lab(&args),
     }
+}
+
+/// The lab links the loader and the switch: it runs in an xtask built with the `lab` feature,
+/// once setup has installed what building them takes.
+#[cfg(not(feature = "lab"))]
+fn lab(args: &LabArgs) -> Result<()> {
+    setup::run()?;
+    let rest = args.to_args();
+    let mut all = vec![
+        "run",
+        "--quiet",
+        "--package",
+        "xtask",
+        "--features",
+        "lab",
+        "--",
+    ];
+    all.extend(rest.iter().map(String::as_str));
+    cargo(&all)
+}
+
+#[cfg(feature = "lab")]
+fn lab(args: &LabArgs) -> Result<()> {
+    if args.clean {
+        return lab::clean();
+    }
+    lab::run(
+        lab::Size {
+            racks: args.racks,
+            hosts: args.hosts,
+            vms: args.vms,
+            vlans: args.vlans,
+        },
+        args.keep,
+        args.json.clone(),
+    )
 }
 
 /// Like the benchmark, the demo links the loader (through mat-tests): it runs in an xtask built
@@ -105,7 +197,7 @@ fn test(args: &[String]) -> Result<()> {
         "clippy",
         "--all-targets",
         "--features",
-        "xtask/bench",
+        "xtask/bench,xtask/lab",
         "--",
         "-D",
         "warnings",
@@ -127,7 +219,22 @@ fn test(args: &[String]) -> Result<()> {
     }
     let mut test = vec!["test", "--no-fail-fast", "--"];
     test.extend(args.iter().map(String::as_str));
-    cargo(&test)
+    let tests = cargo(&test);
+    // The fabric lab at its default size (under a minute), when every test ran.
+    if args.is_empty() {
+        tests?;
+        return cargo(&[
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--features",
+            "lab",
+            "--",
+            "lab",
+        ]);
+    }
+    tests
 }
 
 /// Runs the nightly toolchain's cargo with `args` in the workspace.

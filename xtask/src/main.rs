@@ -4,6 +4,7 @@
 mod bench;
 #[cfg(any(feature = "bench", feature = "demo"))]
 mod demo;
+mod package;
 mod setup;
 
 use std::process::Command;
@@ -38,6 +39,8 @@ enum Task {
     /// A small hypervisor in namespaces running the mat daemon, two VMs attached, and a capture
     /// showing only outside MACs on the wire; cleans up after itself (as root).
     Demo,
+    /// Build the Debian package (cargo-deb) into target/debian/; prints its path.
+    Package,
 }
 
 fn main() -> Result<()> {
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Bench { quick } => bench(quick),
         Task::Demo => demo(),
+        Task::Package => package::run().map(|deb| println!("{}", deb.display())),
     }
 }
 
@@ -123,9 +127,11 @@ fn test(args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    // The package's tests (tests/tests/package.rs) check this .deb.
+    let deb = package::run()?;
     let mut test = vec!["test", "--no-fail-fast", "--"];
     test.extend(args.iter().map(String::as_str));
-    cargo(&test)
+    cargo_env(&test, &[("MAT_DEB", deb.as_os_str())])
 }
 
 /// Runs the nightly toolchain's cargo with `args` in the workspace.
@@ -146,9 +152,15 @@ fn nightly_cargo(args: &[&str]) -> Result<()> {
 
 /// Runs cargo (the one running xtask) with `args` in the workspace.
 pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_env(args, &[])
+}
+
+/// Like [`cargo`], with `env` added to its environment.
+pub fn cargo_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace())
         .status()
         .with_context(|| format!("running {cargo}"))?;

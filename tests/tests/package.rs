@@ -1,6 +1,7 @@
 //! The Debian package (`cargo xtask package`): its contents, lintian, `systemd-analyze verify` of
 //! its unit, and its own binary and conffile, unpacked with `dpkg -x`, running a daemon in a lab
-//! hypervisor namespace under the unit's capability bounding set.
+//! hypervisor namespace under the unit's capability bounding set and, traced, within its system
+//! call filter.
 //!
 //! `cargo xtask test` builds the package first and passes its path in `MAT_DEB`; without it (a
 //! `cargo test --test package` alone), the first test to need it runs `cargo xtask package`.
@@ -400,4 +401,132 @@ fn packaged_daemon_smoke() {
     assert!(d.terminate().success(), "{}", d.log());
     let n = notify.recv(&mut buf).expect("STOPPING=1 from the daemon");
     assert_eq!(&buf[..n], b"STOPPING=1\n");
+}
+
+/// The system calls the unit's `SystemCallFilter=` allows: its groups expanded through
+/// `systemd-analyze syscall-filter`.
+fn allowed_syscalls() -> std::collections::BTreeSet<String> {
+    let out = ok(Command::new("systemd-analyze").arg("syscall-filter"));
+    let mut groups: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut current = None;
+    for line in text(&out.stdout).lines() {
+        if line.starts_with('@') {
+            current = Some(line.trim().to_owned());
+        } else if let (Some(g), Some(item)) = (&current, line.strip_prefix("    ")) {
+            if !item.starts_with('#') && !item.trim().is_empty() {
+                groups
+                    .entry(g.clone())
+                    .or_default()
+                    .push(item.trim().to_owned());
+            }
+        }
+    }
+    fn expand(
+        item: &str,
+        groups: &std::collections::HashMap<String, Vec<String>>,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        if item.starts_with('@') {
+            let members = groups
+                .get(item)
+                .unwrap_or_else(|| panic!("no group {item}"));
+            for m in members {
+                expand(m, groups, out);
+            }
+        } else {
+            out.insert(item.to_owned());
+        }
+    }
+    let mut allowed = std::collections::BTreeSet::new();
+    for item in unit_list(paths::UNIT, "SystemCallFilter") {
+        assert!(!item.starts_with('~'), "an allow list is expected");
+        expand(&item, &groups, &mut allowed);
+    }
+    allowed
+}
+
+/// Without systemd as PID 1 the sandbox cannot run here; its system call filter is checked by
+/// tracing the packaged daemon through start, attach (with an announcement), stats, detach, a
+/// vanished port and SIGTERM, and comparing with what the filter allows.
+#[test]
+fn packaged_daemon_syscalls_pass_the_unit_filter() {
+    // The helpers run the packaged binary.
+    package();
+    let allowed = allowed_syscalls();
+    assert!(allowed.contains("bpf") && allowed.contains("openat"));
+    let lab = Lab::new(1);
+    let vm = &lab.vms[0];
+    let dir = TempDir::new("mat-pkg-");
+    let trace = dir.path().join("trace");
+    let wrapper = ["strace", "-f", "-qq", "-o", trace.to_str().unwrap(), "--"];
+    let mut d = Daemon::start_wrapped(
+        &lab.hv,
+        &wrapper,
+        &[
+            "--pool",
+            "02:00:5e:00:00:00/24",
+            "--rack",
+            "1",
+            "--host",
+            "3",
+        ],
+    );
+    // The daemon is strace's child: killed by pid on the way out, also when the test fails
+    // (killing strace alone would leave it running).
+    let strace = d.pid().unwrap();
+    let children = fs::read_to_string(format!("/proc/{strace}/task/{strace}/children")).unwrap();
+    let daemon: i32 = children.trim().parse().expect("strace runs one child");
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the daemon's pid, which this test started (through strace).
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _kill = Kill(daemon);
+
+    d.cli_ok(&[
+        "attach",
+        &vm.port,
+        "--mac",
+        &mac_str(&vm.mac),
+        "--ip",
+        &vm.ip.to_string(),
+    ]);
+    ping(&vm.ns, PEER_IP, 1).expect("the VM reaches the peer");
+    d.cli_ok(&["stats"]);
+    d.cli_ok(&["detach", &vm.port]);
+    lab.hv.ip(&["link", "del", &vm.port]);
+    std::thread::sleep(Duration::from_millis(1200)); // announcements are 0.5 s apart
+                                                     // SAFETY: kill(2) on the daemon's pid, as above.
+    unsafe { libc::kill(daemon, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{daemon}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // strace has exited with it, or does now.
+    let _ = d.terminate();
+
+    let used: std::collections::BTreeSet<String> = fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let call = l.split_once(' ')?.1.trim_start();
+            let name: String = call
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            (!name.is_empty() && call[name.len()..].starts_with('(')).then_some(name)
+        })
+        .collect();
+    assert!(used.contains("bpf") && used.contains("sendto"), "{used:?}");
+    let refused: Vec<&String> = used.difference(&allowed).collect();
+    assert!(
+        refused.is_empty(),
+        "the daemon makes system calls mat.service's SystemCallFilter= refuses: {refused:?}"
+    );
 }

@@ -22,6 +22,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "/usr/sbin/ethtool"),
     // `cargo xtask package` and its tests: the package is checked with lintian.
     ("lintian", "/usr/bin/lintian"),
+    // The package's tests trace the daemon's system calls against the unit's filter.
+    ("strace", "/usr/bin/strace"),
 ];
 
 /// cargo-deb, for `cargo xtask package`, at this version.

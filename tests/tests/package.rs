@@ -154,6 +154,22 @@ fn contents() {
     );
     assert_eq!(conffiles.trim(), paths::CONFIG);
 
+    // The changelog's latest entry is this version (bump both together).
+    let version = text(
+        &ok(Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(&p.deb)
+            .arg("Version"))
+        .stdout,
+    );
+    let changelog = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mat-loader/debian/changelog");
+    let changelog = fs::read_to_string(changelog).unwrap();
+    assert!(
+        changelog.starts_with(&format!("mat ({}) ", version.trim())),
+        "mat-loader/debian/changelog needs an entry for {}",
+        version.trim()
+    );
+
     // Completions and man pages come from the clap definitions.
     for (path, needle) in [
         ("/usr/share/bash-completion/completions/mat", "attach"),

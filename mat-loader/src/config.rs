@@ -33,8 +33,8 @@ use crate::{
     DEFAULT_SOCKET,
 };
 
-pub const DEFAULT_CONFIG: &str = "/etc/mat/mat.toml";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/mat";
+pub const DEFAULT_CONFIG: &str = crate::paths::CONFIG;
+pub const DEFAULT_STATE_DIR: &str = crate::paths::STATE_DIR;
 pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(300);
 pub const DEFAULT_RACK_BITS: u8 = 8;
 pub const DEFAULT_HOST_BITS: u8 = 8;
@@ -131,6 +131,19 @@ fn read_file(explicit: Option<&Path>) -> Result<File> {
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// One line naming every missing key of the address plan, where to set it and the flags:
+/// `not configured: set pool, rack, host in /etc/mat/mat.toml (or --pool, --rack, --host)`.
+fn not_configured<'a>(missing: impl Iterator<Item = &'a str>, config: Option<&Path>) -> String {
+    let missing: Vec<&str> = missing.collect();
+    let flags: Vec<String> = missing.iter().map(|k| format!("--{k}")).collect();
+    format!(
+        "not configured: set {} in {} (or {})",
+        missing.join(", "),
+        config.unwrap_or(Path::new(DEFAULT_CONFIG)).display(),
+        flags.join(", ")
+    )
+}
+
 /// Everything the daemon runs with, resolved.
 struct Resolved {
     options: daemon::Options,
@@ -139,14 +152,21 @@ struct Resolved {
 
 fn resolve(args: DaemonArgs, socket: Option<PathBuf>) -> Result<Resolved> {
     let file = read_file(args.config.as_deref())?;
-    let Some(pool) = args.pool.or(file.pool) else {
-        bail!("no outside pool: give --pool (e.g. 02:00:5e:00:00:00/24) or `pool` in the config");
-    };
-    let Some(rack) = args.rack.or(file.rack) else {
-        bail!("no rack id: give --rack or `rack` in the config");
-    };
-    let Some(host) = args.host.or(file.host) else {
-        bail!("no host id: give --host or `host` in the config");
+    let (pool, rack, host) = (
+        args.pool.or(file.pool),
+        args.rack.or(file.rack),
+        args.host.or(file.host),
+    );
+    let (Some(pool), Some(rack), Some(host)) = (pool, rack, host) else {
+        let missing = [
+            ("pool", pool.is_none()),
+            ("rack", rack.is_none()),
+            ("host", host.is_none()),
+        ];
+        bail!(not_configured(
+            missing.iter().filter(|m| m.1).map(|m| m.0),
+            args.config.as_deref()
+        ));
     };
     let vlans = if args.vlans.is_empty() {
         file.vlans.unwrap_or_default()
@@ -253,3 +273,7 @@ pub fn daemon(args: DaemonArgs, socket: Option<PathBuf>) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "config_packaged.rs"]
+mod packaged;

@@ -133,6 +133,7 @@ pub async fn run(opts: Options) -> Result<()> {
             "ready"
         );
     }
+    crate::systemd::ready();
     tokio::spawn(watch_events(ring, ctx.clone()));
     tokio::spawn(watch_links(link_events, ctx.clone()));
     tokio::spawn(resync(ctx.clone()));
@@ -171,6 +172,7 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = int.recv() => break,
         }
     }
+    crate::systemd::stopping();
     let _ = std::fs::remove_file(&opts.socket);
     drop(pin_lock);
     info!("stopped; the data plane keeps translating");

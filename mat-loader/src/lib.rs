@@ -8,6 +8,7 @@ mod dataplane;
 mod error;
 mod layout;
 mod program;
+mod systemd;
 pub mod test_run;
 
 pub mod alloc;
@@ -16,10 +17,12 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod generate;
 pub mod host;
 pub mod libvirt;
 pub mod libvirt_xml;
 pub mod mac;
+pub mod paths;
 pub mod plan;
 pub mod ports;
 pub mod proto;
@@ -34,10 +37,10 @@ pub use mat_common as common;
 pub use program::{Mode, Program};
 
 /// Where the data plane pins its maps and links unless told otherwise.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mat";
+pub const DEFAULT_PIN_DIR: &str = paths::PIN_DIR;
 
 /// Where the CLI and the daemon meet unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/mat/mat.sock";
+pub const DEFAULT_SOCKET: &str = paths::SOCKET;
 
 /// The kernel object, built by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mat"));

@@ -28,9 +28,17 @@ use crate::{
     topology::fmt_mac,
 };
 
+static BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes the helpers of this test process use `path` as the `mat` binary (the packaged one, say);
+/// panics if they already use another.
+pub fn use_mat_binary(path: &Path) {
+    let used = BIN.get_or_init(|| path.to_owned());
+    assert_eq!(used, path, "the helpers already use another mat binary");
+}
+
 /// The `mat` binary, built once per test process.
 pub fn mat_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("MAT_BIN") {
             return PathBuf::from(p);

@@ -573,8 +573,14 @@ fn plan_validation_routes_and_config_file() {
             ],
             "bits set past",
         ),
-        (vec!["--rack", "1", "--host", "1"], "no outside pool"),
-        (vec!["--pool", POOL, "--host", "1"], "no rack id"),
+        (
+            vec!["--rack", "1", "--host", "1"],
+            "not configured: set pool in",
+        ),
+        (
+            vec!["--pool", POOL, "--host", "1"],
+            "not configured: set rack in",
+        ),
         (
             vec![
                 "--pool", POOL, "--rack", "1", "--host", "1", "--vlan", "4095",

@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 #[cfg(feature = "lab")]
 mod lab;
+mod package;
 mod setup;
 
 use std::process::Command;
@@ -44,6 +45,8 @@ enum Task {
     /// Linux bridges, same topology: reachability, table sizes, a core flush, a VM moved across
     /// racks, forwarding cost (as root; the default size takes under a minute).
     Lab(LabArgs),
+    /// Build the Debian package (cargo-deb) into target/debian/; prints its path.
+    Package,
 }
 
 #[derive(clap::Args, Clone)]
@@ -102,6 +105,7 @@ fn main() -> Result<()> {
         Task::Bench { quick } => bench(quick),
         Task::Demo => demo(),
         Task::Lab(args) => lab(&args),
+        Task::Package => package::run().map(|deb| println!("{}", deb.display())),
     }
 }
 
@@ -217,9 +221,11 @@ fn test(args: &[String]) -> Result<()> {
             "warnings",
         ])?;
     }
+    // The package's tests (tests/tests/package.rs) check this .deb.
+    let deb = package::run()?;
     let mut test = vec!["test", "--no-fail-fast", "--"];
     test.extend(args.iter().map(String::as_str));
-    let tests = cargo(&test);
+    let tests = cargo_env(&test, &[("MAT_DEB", deb.as_os_str())]);
     // The fabric lab at its default size (under a minute), when every test ran.
     if args.is_empty() {
         tests?;
@@ -255,9 +261,15 @@ fn nightly_cargo(args: &[&str]) -> Result<()> {
 
 /// Runs cargo (the one running xtask) with `args` in the workspace.
 pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_env(args, &[])
+}
+
+/// Like [`cargo`], with `env` added to its environment.
+pub fn cargo_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace())
         .status()
         .with_context(|| format!("running {cargo}"))?;

@@ -20,13 +20,45 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "/usr/sbin/nft"),
     ("iptables", "/usr/sbin/ebtables-nft"),
     ("ethtool", "/usr/sbin/ethtool"),
+    // `cargo xtask package` and its tests: the package is checked with lintian.
+    ("lintian", "/usr/bin/lintian"),
+    // The package's tests trace the daemon's system calls against the unit's filter.
+    ("strace", "/usr/bin/strace"),
 ];
+
+/// cargo-deb, for `cargo xtask package`, at this version.
+const CARGO_DEB: &str = "3.8.0";
 
 pub fn run() -> Result<()> {
     rust_src()?;
     packages()?;
     libvirt::run()?;
-    bpf_linker()
+    bpf_linker()?;
+    cargo_deb()
+}
+
+/// cargo-deb at [`CARGO_DEB`], installed (or replaced) when another version or none is there.
+fn cargo_deb() -> Result<()> {
+    let installed = Command::new("cargo-deb")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if installed.split_whitespace().any(|w| w == CARGO_DEB) {
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb {CARGO_DEB} (a few minutes)");
+    status(
+        "cargo",
+        &[
+            "install",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB,
+            "--locked",
+            "--force",
+        ],
+    )
 }
 
 fn rust_src() -> Result<()> {

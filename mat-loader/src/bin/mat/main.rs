@@ -4,8 +4,11 @@
 
 use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
-use mat_loader::{cli, client, config, libvirt, mac::Mac, proto::Request, store, DEFAULT_SOCKET};
+use clap::{CommandFactory, Parser, Subcommand};
+use mat_loader::{
+    cli, client, config, generate::Generate, libvirt, mac::Mac, proto::Request, store,
+    DEFAULT_SOCKET,
+};
 
 #[derive(Parser)]
 #[command(
@@ -88,6 +91,9 @@ enum Command {
     /// Put an integration in place.
     #[command(subcommand)]
     Install(libvirt::Install),
+    /// Shell completions and man pages, for packaging.
+    #[command(subcommand, hide = true)]
+    Generate(Generate),
 }
 
 #[derive(Subcommand)]
@@ -204,5 +210,6 @@ fn main() -> ExitCode {
         },
         Command::LibvirtHook(args) => libvirt::hook(&client_socket(), &args),
         Command::Install(what) => libvirt::install(what, &client_socket()),
+        Command::Generate(what) => what.run(Cli::command()),
     }
 }

@@ -475,7 +475,7 @@ async fn watch_events(ring: aya::maps::RingBuf<aya::maps::MapData>, ctx: Arc<Ctx
             let learned = match ev.kind() {
                 Some(EventKind::Learned) => Some(Ipv4Addr::from(ev.ipv4)),
                 Some(EventKind::Active) => None,
-                None => continue,
+                Some(EventKind::Learned6) | None => continue,
             };
             let mac = Mac(ev.mac);
             debug!(ifindex = ev.ifindex, %mac, ?learned, "data-plane event");

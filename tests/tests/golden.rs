@@ -572,6 +572,7 @@ fn event(kind: EventKind, ifindex: u32, mac: Mac, ipv4: [u8; 4]) -> Event {
         mac,
         _pad: [0; 2],
         ipv4,
+        ipv6: [0; 16],
     }
 }
 

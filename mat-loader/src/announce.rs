@@ -35,6 +35,40 @@ pub const INTERVAL: Duration = Duration::from_millis(500);
 pub const LEARNED_BURST: f64 = 8.0;
 pub const LEARNED_REFILL: Duration = Duration::from_secs(2);
 
+/// How often a warning that a VM can cause at will (an address refused for announcement) is
+/// logged per outside MAC; the occurrences in between are counted into the next one.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Rate-limits a warning per outside MAC: the VM decides how often it happens, the daemon how
+/// often it is logged.
+#[derive(Debug, Default)]
+pub struct Quieted {
+    /// Per outside MAC: when it was last logged, and the occurrences since.
+    last: HashMap<Mac, (Instant, u64)>,
+}
+
+impl Quieted {
+    /// Counts one occurrence for `mac`; returns the number to report (this one included) when it
+    /// is time to log.
+    pub fn hit(&mut self, mac: Mac, now: Instant) -> Option<u64> {
+        match self.last.get_mut(&mac) {
+            Some((at, n)) if now.duration_since(*at) < WARN_EVERY => {
+                *n += 1;
+                None
+            }
+            Some((at, n)) => {
+                let count = std::mem::take(n) + 1;
+                *at = now;
+                Some(count)
+            }
+            None => {
+                self.last.insert(mac, (now, 0));
+                Some(1)
+            }
+        }
+    }
+}
+
 /// Addresses to announce from an outside MAC, out of the bridge of the port `ifindex`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Announce {
@@ -65,6 +99,8 @@ struct Busy {
     inflight: HashSet<(Mac, Ipv4Addr)>,
     /// Learned-address allowance per outside MAC: (tokens, when last counted).
     allowance: HashMap<Mac, (f64, Instant)>,
+    /// Learned addresses dropped for want of allowance, for the warning.
+    dropped: Quieted,
 }
 
 impl Busy {
@@ -110,7 +146,9 @@ impl Announcer {
                     continue;
                 }
                 if a.learned && !busy.spend(a.outside, now) {
-                    warn!(outside = %a.outside, %ip, "learned addresses announced too often: not announced");
+                    if let Some(dropped) = busy.dropped.hit(a.outside, now) {
+                        warn!(outside = %a.outside, %ip, dropped, "learned addresses announced too often: not announced");
+                    }
                     continue;
                 }
                 busy.inflight.insert((a.outside, ip));
@@ -254,6 +292,19 @@ mod tests {
         assert!(busy.spend(mac, t0 + LEARNED_REFILL));
         // Another MAC has its own allowance.
         assert!(busy.spend(Mac([2, 0, 0x5e, 1, 3, 2]), t0));
+    }
+
+    #[test]
+    fn quieted_logs_once_per_period_with_the_count() {
+        let mut q = Quieted::default();
+        let (a, b) = (Mac([2, 0, 0x5e, 1, 3, 1]), Mac([2, 0, 0x5e, 1, 3, 2]));
+        let t0 = Instant::now();
+        assert_eq!(q.hit(a, t0), Some(1));
+        assert_eq!((0..99).filter_map(|_| q.hit(a, t0)).count(), 0);
+        // Another MAC is logged on its own.
+        assert_eq!(q.hit(b, t0), Some(1));
+        assert_eq!(q.hit(a, t0 + WARN_EVERY), Some(100));
+        assert_eq!(q.hit(a, t0 + WARN_EVERY), None);
     }
 
     #[test]

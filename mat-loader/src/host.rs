@@ -71,6 +71,8 @@ pub struct Host {
     state: State,
     hold_ms: u64,
     vm_ports: VmPorts,
+    /// VMs claiming addresses given to others, for the warning.
+    conflicts: announce::Quieted,
 }
 
 pub fn now_ms() -> u64 {
@@ -141,6 +143,7 @@ impl Host {
             state,
             hold_ms,
             vm_ports,
+            conflicts: announce::Quieted::default(),
         })
     }
 
@@ -926,9 +929,10 @@ impl Host {
 
     /// What to announce for a data-plane event about (port, inside MAC), if it is bound: the
     /// learned address, or (on the VM's first frame) every address it has. A learned address
-    /// that is not unicast, or that another binding was given, is not announced.
+    /// that is not unicast, or that another binding was given, is not announced (and the conflict
+    /// logged, at most once per [`announce::WARN_EVERY`] per binding).
     pub fn on_event(
-        &self,
+        &mut self,
         ifindex: u32,
         inside: Mac,
         learned: Option<Ipv4Addr>,
@@ -949,8 +953,11 @@ impl Host {
                     .iter()
                     .find(|o| o.ifindex != ifindex && o.ips.contains(&ip))
                 {
-                    warn!(%ip, port = b.port, vm = b.vm, owner_port = owner.port,
-                          owner_vm = owner.vm, "a VM claims an address given to another: not announced");
+                    if let Some(claims) = self.conflicts.hit(b.outside, std::time::Instant::now()) {
+                        warn!(%ip, port = b.port, vm = b.vm, owner_port = owner.port,
+                              owner_vm = owner.vm, claims,
+                              "a VM claims an address given to another: not announced");
+                    }
                     return None;
                 }
                 vec![ip]

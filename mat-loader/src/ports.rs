@@ -162,12 +162,22 @@ pub enum Lookup {
 
 /// The name of the interface with this index, in the calling thread's namespace. Only the
 /// kernel's "no such device" means gone.
+///
+/// libc directly, not nix: nix 0.29's `if_indextoname` takes a null return for success (its
+/// sentinel for pointers is -1) and gives an empty name, so any failure (out of descriptors:
+/// glibc opens a socket for the lookup) looked like a port renamed to "".
 pub fn ifname(ifindex: u32) -> Lookup {
-    match nix::net::if_::if_indextoname(ifindex) {
-        Ok(n) => Lookup::Found(n.to_string_lossy().into_owned()),
-        Err(nix::errno::Errno::ENODEV | nix::errno::Errno::ENXIO) => Lookup::Gone,
-        Err(e) => Lookup::Unknown(e),
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname(3) writes at most.
+    if unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) }.is_null() {
+        return match nix::errno::Errno::last() {
+            nix::errno::Errno::ENODEV | nix::errno::Errno::ENXIO => Lookup::Gone,
+            e => Lookup::Unknown(e),
+        };
     }
+    // SAFETY: on success `buf` holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Lookup::Found(name.to_string_lossy().into_owned())
 }
 
 fn kind_name(k: &InfoKind) -> String {
@@ -247,5 +257,17 @@ impl VmPorts {
     /// managed bridge.
     pub fn managed(&self, link: &LinkInfo) -> bool {
         self.vm_shaped(link) && self.in_managed_bridge(link).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifname_tells_gone_from_found() {
+        assert_eq!(ifname(1), Lookup::Found("lo".into()));
+        // No namespace has this many interfaces: gone, not a port renamed to "".
+        assert_eq!(ifname(0x7fff_fff0), Lookup::Gone);
     }
 }

@@ -21,7 +21,12 @@ use std::{
 
 use mat_loader::Dataplane;
 
-use crate::{frames::Mac, netns::Netns, pins::unique, topology::fmt_mac};
+use crate::{
+    frames::Mac,
+    netns::{ChildGuard, Netns},
+    pins::unique,
+    topology::fmt_mac,
+};
 
 /// The `mat` binary, built once per test process.
 pub fn mat_binary() -> &'static Path {
@@ -62,6 +67,8 @@ pub struct Daemon {
     /// Holds the socket, the state directory and the daemon's log.
     dir: PathBuf,
     pin_dir: PathBuf,
+    /// A command the daemon runs under, inside the namespace (e.g. `prlimit --nofile=N:N --`).
+    wrapper: Vec<String>,
     args: Vec<String>,
     child: Option<Child>,
     /// How many times it was started.
@@ -72,20 +79,38 @@ impl Daemon {
     /// Starts a daemon in `ns` with the plan and options in `args` (e.g. `--pool`, `--rack`,
     /// `--host`, `--hold-down`), and waits until it answers.
     pub fn start(ns: &Netns, args: &[&str]) -> Daemon {
-        let id = unique("mat-cp-");
-        let dir = std::env::temp_dir().join(&id);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        let mut d = Daemon {
-            netns: ns.name().to_owned(),
-            dir,
-            pin_dir: Path::new("/sys/fs/bpf").join(&id),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            child: None,
-            starts: 0,
-        };
+        let mut d = Daemon::prepare(ns, args);
         d.spawn();
         d.wait_ready();
         d
+    }
+
+    /// Like [`Daemon::start`], with the daemon run by `wrapper` (a command prefix such as
+    /// `["prlimit", "--nofile=256:256", "--"]`, which must exec the daemon so that its pid is
+    /// the daemon's), on this and every later start.
+    pub fn start_wrapped(ns: &Netns, wrapper: &[&str], args: &[&str]) -> Daemon {
+        let mut d = Daemon::prepare(ns, args);
+        d.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        d.spawn();
+        d.wait_ready();
+        d
+    }
+
+    /// A daemon with its own (empty) directories, not started yet: a test can put what an
+    /// earlier release left there first (see [`Daemon::state_dir`], [`Daemon::pin_dir`]).
+    pub fn prepare(ns: &Netns, args: &[&str]) -> Daemon {
+        let id = unique("mat-cp-");
+        let dir = std::env::temp_dir().join(&id);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        Daemon {
+            netns: ns.name().to_owned(),
+            dir,
+            pin_dir: Path::new("/sys/fs/bpf").join(&id),
+            wrapper: Vec::new(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            starts: 0,
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -124,6 +149,7 @@ impl Daemon {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.netns))
             .arg("--")
+            .args(&self.wrapper)
             .arg(mat_binary())
             .arg("daemon")
             .arg("--socket")
@@ -183,6 +209,18 @@ impl Daemon {
         // SAFETY: kill(2) on the pid of our own child, not yet reaped.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         c.wait().expect("waiting for the daemon")
+    }
+
+    /// SIGKILL by pid and, without waiting for the old process to exit, a new daemon on the same
+    /// socket, state and pins (an operator's `kill -9` and restart); waits until it answers,
+    /// then reaps the old one.
+    pub fn kill9_and_restart(&mut self) {
+        let old = self.child.take().expect("daemon running");
+        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+        unsafe { libc::kill(old.id() as i32, libc::SIGKILL) };
+        let _old = ChildGuard(old);
+        self.spawn();
+        self.wait_ready();
     }
 
     /// Starts it again (same socket, state and pins) and waits until it answers.

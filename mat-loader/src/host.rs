@@ -8,7 +8,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -19,7 +19,10 @@ use crate::{
     alloc::{Released, Source},
     announce::{self, Announce},
     common::{
-        maps::{BindingKey, BINDING_ANNOUNCE, UPLINK_IFINDEX},
+        maps::{
+            BindingKey, BINDING_ANNOUNCE, BINDING_PORT_SECURITY, SETTING_DHCP_TRANSLATE,
+            UPLINK_IFINDEX,
+        },
         pool::PoolPrefix,
     },
     mac::Mac,
@@ -42,11 +45,28 @@ pub struct Attach {
     pub inside: Mac,
     /// The VM's name ("" for none): with the inside MAC, it names the VM port across attaches.
     pub vm: String,
-    /// Addresses to announce from the outside MAC.
-    pub ips: Vec<Ipv4Addr>,
+    /// Addresses to announce from the outside MAC (IPv4 and IPv6).
+    pub ips: Vec<IpAddr>,
     /// Accept a port that does not look like a VM port (not a tap or veth).
     pub force: bool,
+    /// Whether the port may only claim the inside MAC (`None`: the host's default).
+    pub port_security: Option<bool>,
 }
+
+/// How a host runs, beside its plan.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long a released outside MAC is held before reuse, in milliseconds.
+    pub hold_ms: u64,
+    pub vm_ports: VmPorts,
+    /// Port security for bindings that do not say otherwise.
+    pub port_security: bool,
+    /// DHCPv4: translate chaddr rather than keep it and set the broadcast flag.
+    pub dhcp_translate: bool,
+}
+
+/// IPv6 addresses learned per binding from the VM's own ND, most recent last.
+const LEARNED6_MAX: usize = 8;
 
 /// Which bindings to release: every filter given must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,6 +91,10 @@ pub struct Host {
     state: State,
     hold_ms: u64,
     vm_ports: VmPorts,
+    port_security: bool,
+    /// IPv6 addresses the VMs claimed in their own ND, by (port, inside MAC): the data plane
+    /// reports them once each; they are announced again when the VM runs after a migration.
+    learned6: HashMap<(u32, Mac), Vec<Ipv6Addr>>,
     /// VMs claiming addresses given to others, for the warning.
     conflicts: announce::Quieted,
 }
@@ -79,6 +103,15 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The data-plane flags of a binding: `extra` and its port security.
+fn flags(b: &Binding, extra: u16) -> u16 {
+    if b.port_security {
+        extra | BINDING_PORT_SECURITY
+    } else {
+        extra
+    }
 }
 
 /// Whether two plans hand out the same MACs (VLANs do not matter to allocation).
@@ -97,8 +130,7 @@ impl Host {
         mut store: Store,
         mut dp: Dataplane,
         plan: Plan,
-        hold_ms: u64,
-        vm_ports: VmPorts,
+        opts: Options,
     ) -> Result<Self> {
         let state = match store.load()? {
             None => {
@@ -137,12 +169,20 @@ impl Host {
         let pool = state.plan.pool;
         dp.set_pools(&[PoolPrefix::new(pool.mac.0, pool.len)])
             .context("setting the outside pool")?;
+        dp.set_settings(if opts.dhcp_translate {
+            SETTING_DHCP_TRANSLATE
+        } else {
+            0
+        })
+        .context("setting the data plane's DHCP mode")?;
         Ok(Self {
             dp,
             store,
             state,
-            hold_ms,
-            vm_ports,
+            hold_ms: opts.hold_ms,
+            vm_ports: opts.vm_ports,
+            port_security: opts.port_security,
+            learned6: HashMap::new(),
             conflicts: announce::Quieted::default(),
         })
     }
@@ -163,9 +203,10 @@ impl Host {
             let done = match c {
                 Change::Bind(b) => self
                     .dp
-                    .bind(b.ifindex, b.inside.0, b.outside.0, BINDING_ANNOUNCE)
+                    .bind(b.ifindex, b.inside.0, b.outside.0, flags(b, BINDING_ANNOUNCE))
                     .map_err(|e| format!("binding {} on {} in the maps: {e}", b.inside, b.port)),
                 Change::Unbind(b) => {
+                    self.learned6.remove(&(b.ifindex, b.inside));
                     // The disk no longer has it; a failure here is corrected by reconcile.
                     if let Err(e) = self.dp.unbind(b.ifindex, b.inside.0, b.outside.0) {
                         warn!(port = b.port, error = %e, "removing a binding from the maps");
@@ -187,7 +228,7 @@ impl Host {
         let inverse: Vec<Change> = done.iter().rev().map(Change::inverse).collect();
         for c in &inverse {
             let r = match c {
-                Change::Bind(b) => self.dp.bind(b.ifindex, b.inside.0, b.outside.0, 0),
+                Change::Bind(b) => self.dp.bind(b.ifindex, b.inside.0, b.outside.0, flags(b, 0)),
                 Change::Unbind(b) => self.dp.unbind(b.ifindex, b.inside.0, b.outside.0),
                 _ => Ok(()),
             };
@@ -239,13 +280,13 @@ impl Host {
         self.fix_maps()
     }
 
-    /// Corrects the binding maps to the state.
+    /// Corrects the binding maps to the state (outside MAC and port security).
     fn fix_maps(&mut self) -> Result<()> {
-        let from: HashMap<(u32, Mac), Mac> = self
+        let from: HashMap<(u32, Mac), (Mac, bool)> = self
             .state
             .bindings
             .iter()
-            .map(|b| ((b.ifindex, b.inside), b.outside))
+            .map(|b| ((b.ifindex, b.inside), (b.outside, b.port_security)))
             .collect();
         let to: HashMap<(u32, Mac), Mac> = self
             .state
@@ -259,7 +300,8 @@ impl Host {
             if k.ifindex == UPLINK_IFINDEX {
                 continue;
             }
-            if from.get(&(k.ifindex, Mac(k.mac))) == Some(&Mac(v.mac)) {
+            let secured = v.flags & BINDING_PORT_SECURITY != 0;
+            if from.get(&(k.ifindex, Mac(k.mac))) == Some(&(Mac(v.mac), secured)) {
                 have_from.insert(k, Mac(v.mac));
             } else {
                 self.dp.unbind(k.ifindex, k.mac, v.mac)?;
@@ -286,7 +328,7 @@ impl Host {
             let ok_to = have_to.get(&BindingKey::new(b.ifindex, b.outside.0)) == Some(&b.inside);
             if !(ok_from && ok_to) {
                 self.dp
-                    .bind(b.ifindex, b.inside.0, b.outside.0, BINDING_ANNOUNCE)?;
+                    .bind(b.ifindex, b.inside.0, b.outside.0, flags(b, BINDING_ANNOUNCE))?;
                 added += 1;
             }
         }
@@ -526,6 +568,7 @@ impl Host {
             outside,
             ips: req.ips.clone(),
             since: now / 1000,
+            port_security: req.port_security.unwrap_or(self.port_security),
         };
         changes.push(Change::Bind(binding.clone()));
         Ok((changes, binding, source))
@@ -791,6 +834,7 @@ impl Host {
     }
 
     fn view(&self, b: &Binding, learned: Option<&HashMap<(u32, Mac), Ipv4Addr>>) -> BindingView {
+        let learned6 = self.learned6.get(&(b.ifindex, b.inside));
         let since = UNIX_EPOCH + std::time::Duration::from_secs(b.since);
         let learned = match learned {
             Some(all) => all.get(&(b.ifindex, b.inside)).copied(),
@@ -803,9 +847,14 @@ impl Host {
             inside: b.inside,
             outside: b.outside,
             ips: b.ips.clone(),
-            learned: learned.into_iter().collect(),
+            learned: learned
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(learned6.into_iter().flatten().map(|&ip| IpAddr::V6(ip)))
+                .collect(),
             since: b.since,
             since_rfc3339: humantime::format_rfc3339_seconds(since).to_string(),
+            port_security: b.port_security,
         }
     }
 
@@ -930,12 +979,13 @@ impl Host {
     /// What to announce for a data-plane event about (port, inside MAC), if it is bound: the
     /// learned address, or (on the VM's first frame) every address it has. A learned address
     /// that is not unicast, or that another binding was given, is not announced (and the conflict
-    /// logged, at most once per [`announce::WARN_EVERY`] per binding).
+    /// logged, at most once per [`announce::WARN_EVERY`] per binding). Learned IPv6 addresses are
+    /// kept (the latest [`LEARNED6_MAX`]) for `mat list` and the next announcement.
     pub fn on_event(
         &mut self,
         ifindex: u32,
         inside: Mac,
-        learned: Option<Ipv4Addr>,
+        learned: Option<IpAddr>,
     ) -> Option<Announce> {
         let b = self
             .state
@@ -960,6 +1010,14 @@ impl Host {
                     }
                     return None;
                 }
+                if let IpAddr::V6(v6) = ip {
+                    let known = self.learned6.entry((ifindex, inside)).or_default();
+                    known.retain(|&k| k != v6);
+                    known.push(v6);
+                    if known.len() > LEARNED6_MAX {
+                        known.remove(0);
+                    }
+                }
                 vec![ip]
             }
             None => {
@@ -969,7 +1027,15 @@ impl Host {
                         .learned_for(ifindex, inside.0)
                         .ok()
                         .flatten()
+                        .map(IpAddr::V4)
                         .filter(|&ip| announce::announceable(ip)),
+                );
+                ips.extend(
+                    self.learned6
+                        .get(&(ifindex, inside))
+                        .into_iter()
+                        .flatten()
+                        .map(|&ip| IpAddr::V6(ip)),
                 );
                 ips.sort_unstable();
                 ips.dedup();
@@ -1012,7 +1078,7 @@ fn check_vm_name(vm: &str) -> Result<(), Refusal> {
 }
 
 /// The given addresses, sorted and deduplicated; refused unless every one can be announced.
-fn checked_ips(ips: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>, Refusal> {
+fn checked_ips(ips: &[IpAddr]) -> Result<Vec<IpAddr>, Refusal> {
     if let Some(ip) = ips.iter().find(|&&ip| !announce::announceable(ip)) {
         return Err(Refusal::new(
             Code::InvalidIp,

@@ -72,16 +72,15 @@ impl Bindings for Port {
     #[inline(always)]
     fn is_own_outside(&self, mac: Mac) -> bool {
         // SAFETY: as above.
-        self.slot.is_some_and(|s| unsafe { Self::outside(s) } == mac)
+        self.slot
+            .is_some_and(|s| unsafe { Self::outside(s) } == mac)
     }
 
     #[inline(always)]
     fn secured(&self) -> Option<Mac> {
         let slot = self.slot?;
         // SAFETY: as above.
-        unsafe {
-            ((*slot).binding.flags & BINDING_PORT_SECURITY != 0).then(|| Self::inside(slot))
-        }
+        unsafe { ((*slot).binding.flags & BINDING_PORT_SECURITY != 0).then(|| Self::inside(slot)) }
     }
 }
 

@@ -28,11 +28,69 @@ const CHADDR: usize = 28;
 /// The broadcast bit of `flags`, in its first byte on the wire.
 const BROADCAST: u8 = 0x80;
 
-/// A DHCP message: where its BOOTP part starts, where the UDP checksum is, and the checksum.
+/// A DHCP message: where its IPv4 header and BOOTP part start, where the UDP checksum is, the
+/// checksum, and whether it is read and written in place (no IPv4 options: every offset is one
+/// of three) or through helper calls.
 struct Message {
+    ip: usize,
     bootp: usize,
     csum_at: usize,
     csum: u16,
+    in_place: bool,
+}
+
+/// Where BOOTP starts in a packet without IPv4 options, from the IPv4 header.
+const BOOTP_IN_PLACE: usize = 20 + 8;
+
+impl Message {
+    /// The 8 bytes at `off` into BOOTP.
+    #[inline(always)]
+    fn read8<F: Frame>(&self, f: &F, off: usize) -> Option<u64> {
+        if self.in_place {
+            let p = f.ptr_at::<[u8; 8]>(self.ip + BOOTP_IN_PLACE + off)?;
+            // SAFETY: bounds checked by `ptr_at`.
+            Some(u64::from_le_bytes(unsafe { *p }))
+        } else {
+            f.load8(self.bootp + off)
+        }
+    }
+
+    #[inline(always)]
+    fn write8<F: Frame>(&self, f: &mut F, off: usize, v: u64) -> bool {
+        if self.in_place {
+            let Some(p) = f.ptr_at::<[u8; 8]>(self.ip + BOOTP_IN_PLACE + off) else {
+                return false;
+            };
+            // SAFETY: bounds checked by `ptr_at`.
+            unsafe { *p = v.to_le_bytes() };
+            true
+        } else {
+            f.store8(self.bootp + off, v)
+        }
+    }
+
+    /// Writes the UDP checksum after a change: none (zero) stays none, a computed zero is all
+    /// ones.
+    #[inline(always)]
+    fn write_csum<F: Frame>(&self, f: &mut F, new: impl FnOnce(u16) -> u16) -> bool {
+        if self.csum == 0 {
+            return true;
+        }
+        let c = match new(self.csum) {
+            0 => 0xffff,
+            c => c,
+        };
+        if self.in_place {
+            let Some(p) = f.ptr_at::<[u8; 2]>(self.ip + 26) else {
+                return false;
+            };
+            // SAFETY: bounds checked by `ptr_at`.
+            unsafe { *p = c.to_le_bytes() };
+            true
+        } else {
+            f.store2(self.csum_at, c)
+        }
+    }
 }
 
 /// The BOOTP message of a DHCP packet from port `from` to port `to` with opcode `op` (Ethernet
@@ -47,30 +105,34 @@ fn find<F: Frame>(f: &F, ip: usize, from: u16, to: u16, op: u8) -> Option<Messag
         return None;
     }
     let udp = ip + usize::from(vihl & 0x0f) * 4;
-    let u = f.load8(udp)?.to_le_bytes();
+    let bootp = udp + 8;
+    // Most packets have no IPv4 options: their UDP header and the start of BOOTP are read in
+    // place, so that UDP that is not DHCP costs no helper call.
+    let (u, head) = if vihl & 0x0f == 5 {
+        let p = f.ptr_at::<[u8; 12]>(ip + 20)?;
+        // SAFETY: bounds checked by `ptr_at`.
+        let p = unsafe { *p };
+        let mut u = [0u8; 8];
+        let mut head = [0u8; 8];
+        u.copy_from_slice(&p[..8]);
+        head[..4].copy_from_slice(&p[8..]);
+        (u, head)
+    } else {
+        (f.load8(udp)?.to_le_bytes(), f.load8(bootp)?.to_le_bytes())
+    };
     if u16::from_be_bytes([u[0], u[1]]) != from || u16::from_be_bytes([u[2], u[3]]) != to {
         return None;
     }
-    let bootp = udp + 8;
-    let head = f.load8(bootp)?.to_le_bytes();
     if head[0] != op || head[1] != 1 || head[2] != 6 {
         return None;
     }
     Some(Message {
+        ip,
         bootp,
         csum_at: udp + 6,
         csum: u16::from_le_bytes([u[6], u[7]]),
+        in_place: vihl & 0x0f == 5,
     })
-}
-
-/// Writes a UDP checksum after a change: none (zero) stays none, a computed zero is all ones.
-#[inline(always)]
-fn write_csum<F: Frame>(f: &mut F, m: &Message, new: impl FnOnce(u16) -> u16) -> bool {
-    if m.csum == 0 {
-        return true;
-    }
-    let c = new(m.csum);
-    f.store2(m.csum_at, if c == 0 { 0xffff } else { c })
 }
 
 /// Replaces chaddr `old` (first 8 bytes `v`) with `new`.
@@ -78,8 +140,7 @@ fn write_csum<F: Frame>(f: &mut F, m: &Message, new: impl FnOnce(u16) -> u16) ->
 fn set_chaddr<F: Frame>(f: &mut F, m: &Message, v: u64, old: Mac, new: Mac) -> Option<()> {
     let (hi, lo) = new.parts();
     let v = (v & !0xffff_ffff_ffff) | u64::from(hi) | u64::from(lo) << 32;
-    (f.store8(m.bootp + CHADDR, v) && write_csum(f, m, |c| csum::replace_mac(c, old, new)))
-        .then_some(())
+    (m.write8(f, CHADDR, v) && m.write_csum(f, |c| csum::replace_mac(c, old, new))).then_some(())
 }
 
 #[inline(always)]
@@ -93,13 +154,13 @@ fn chaddr(v: u64) -> Mac {
 pub fn from_vm<F: Frame, B: Bindings>(f: &mut F, b: &B, ip: usize) -> Option<()> {
     let m = find(f, ip, CLIENT, SERVER, BOOTREQUEST)?;
     if maps::settings() & SETTING_DHCP_TRANSLATE != 0 {
-        let v = f.load8(m.bootp + CHADDR)?;
+        let v = m.read8(f, CHADDR)?;
         let old = chaddr(v);
         // SAFETY: the binding is a live map value.
         let new = unsafe { outside_of(b.binding(old)?) };
         return set_chaddr(f, &m, v, old, new);
     }
-    let v = f.load8(m.bootp + SECS)?;
+    let v = m.read8(f, SECS)?;
     let mut w = v.to_le_bytes();
     if w[2] & BROADCAST != 0 {
         return None;
@@ -107,8 +168,8 @@ pub fn from_vm<F: Frame, B: Bindings>(f: &mut F, b: &B, ip: usize) -> Option<()>
     let old = u16::from_le_bytes([w[2], w[3]]);
     w[2] |= BROADCAST;
     let new = u16::from_le_bytes([w[2], w[3]]);
-    (f.store8(m.bootp + SECS, u64::from_le_bytes(w))
-        && write_csum(f, &m, |c| csum::replace_word(c, old, new)))
+    (m.write8(f, SECS, u64::from_le_bytes(w))
+        && m.write_csum(f, |c| csum::replace_word(c, old, new)))
     .then_some(())
 }
 
@@ -119,7 +180,7 @@ pub fn to_vm<F: Frame, B: Bindings>(f: &mut F, b: &B, ip: usize) -> Option<()> {
         return None;
     }
     let m = find(f, ip, SERVER, CLIENT, BOOTREPLY)?;
-    let v = f.load8(m.bootp + CHADDR)?;
+    let v = m.read8(f, CHADDR)?;
     let old = chaddr(v);
     let new = b.inside_of(old)?;
     set_chaddr(f, &m, v, old, new)

@@ -38,7 +38,6 @@ pub trait Frame {
         }
         Some((start + offset) as *mut T)
     }
-
 }
 
 pub struct Tc(pub TcContext);
@@ -80,11 +79,15 @@ impl Frame for Tc {
     }
     #[inline(always)]
     fn store8(&mut self, offset: usize, v: u64) -> bool {
-        self.0.store(offset, &v, u64::from(BPF_F_RECOMPUTE_CSUM)).is_ok()
+        self.0
+            .store(offset, &v, u64::from(BPF_F_RECOMPUTE_CSUM))
+            .is_ok()
     }
     #[inline(always)]
     fn store2(&mut self, offset: usize, v: u16) -> bool {
-        self.0.store(offset, &v, u64::from(BPF_F_RECOMPUTE_CSUM)).is_ok()
+        self.0
+            .store(offset, &v, u64::from(BPF_F_RECOMPUTE_CSUM))
+            .is_ok()
     }
 }
 
@@ -118,9 +121,7 @@ impl Frame for Xdp {
     fn load8(&self, offset: usize) -> Option<u64> {
         let mut v = 0u64;
         // SAFETY: the helper writes at most 8 bytes into `v`.
-        let r = unsafe {
-            bpf_xdp_load_bytes(self.0.ctx, offset as u32, (&raw mut v).cast(), 8)
-        };
+        let r = unsafe { bpf_xdp_load_bytes(self.0.ctx, offset as u32, (&raw mut v).cast(), 8) };
         (r == 0).then_some(v)
     }
     #[inline(always)]

@@ -129,7 +129,13 @@ pub fn learn(b: *mut Binding, ifindex: u32, inside: Mac, ipv4: u32) {
         }
         learned.write(ipv4);
     }
-    notify(EventKind::Learned, ifindex, inside, ipv4.to_ne_bytes(), [0; 16]);
+    notify(
+        EventKind::Learned,
+        ifindex,
+        inside,
+        ipv4.to_ne_bytes(),
+        [0; 16],
+    );
 }
 
 /// Reports an IPv6 address (its four words as they sit in the frame) the VM claims in its own

@@ -12,7 +12,7 @@ use crate::{
     csum,
     frame::Frame,
     mac::Mac,
-    maps,
+    maps, parse,
 };
 
 const HOP_BY_HOP: u8 = 0;
@@ -45,6 +45,9 @@ struct Message {
     kind: u8,
     /// The ICMPv6 checksum as it sits in memory.
     csum: u16,
+    /// The address the message claims for its sender (an NS's source, an NA's target), when
+    /// read in place; else read later.
+    claimed: Option<[u32; 4]>,
 }
 
 /// Why no ND message was found.
@@ -82,8 +85,31 @@ fn with_mac(v: u64, mac: Mac) -> u64 {
 
 /// Finds the ND message in the IPv6 packet at `ip`.
 #[inline(always)]
-fn find<F: Frame>(f: &F, ip: usize, strict: bool) -> Result<Message, Miss> {
-    let h = bytes(f.load8(ip).ok_or(Miss::Malformed)?);
+fn find<F: Frame>(f: &mut F, ip: usize, strict: bool) -> Result<Message, Miss> {
+    // The fixed header sits at one of three offsets: read in place (made linear first), so that
+    // IPv6 that is not ND costs no helper call, and neither does the common ND message without
+    // extension headers.
+    let h = parse::pulled::<F, [u8; 8]>(f, ip).ok_or(Miss::Malformed)?;
+    // SAFETY: bounds checked by `pulled`.
+    let h = unsafe { *h };
+    if h[6] != ICMPV6 && h[6] != HOP_BY_HOP && h[6] != ROUTING && h[6] != DEST_OPTS {
+        return Err(Miss::Pass);
+    }
+    // The ICMPv6 header, an NS's source and an NA's target, when the frame has the IPv6 header
+    // and an NS's or NA's fixed part in one piece (all values: they outlive later helper calls).
+    let (whole, icmp8, source, target) = match parse::pulled::<F, [u8; IPV6_LEN + 24]>(f, ip) {
+        // SAFETY: bounds checked by `pulled`.
+        Some(p) => unsafe {
+            let p = p as *const u8;
+            (
+                true,
+                p.add(IPV6_LEN).cast::<[u8; 8]>().read_unaligned(),
+                p.add(8).cast::<[u32; 4]>().read_unaligned(),
+                p.add(IPV6_LEN + 8).cast::<[u32; 4]>().read_unaligned(),
+            )
+        },
+        None => (false, [0; 8], [0; 4], [0; 4]),
+    };
     let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
     let mut next = h[6];
     let end = ip + IPV6_LEN + payload;
@@ -109,7 +135,12 @@ fn find<F: Frame>(f: &F, ip: usize, strict: bool) -> Result<Message, Miss> {
             Miss::Pass
         });
     }
-    let icmp = bytes(f.load8(at).ok_or(Miss::Malformed)?);
+    let in_place = whole && at == ip + IPV6_LEN;
+    let icmp = if in_place {
+        icmp8
+    } else {
+        bytes(f.load8(at).ok_or(Miss::Malformed)?)
+    };
     let kind = icmp[0];
     if !(RS..=REDIRECT).contains(&kind) {
         return Err(Miss::Pass);
@@ -117,12 +148,18 @@ fn find<F: Frame>(f: &F, ip: usize, strict: bool) -> Result<Message, Miss> {
     if end < at + fixed_len(kind) {
         return Err(Miss::Malformed);
     }
+    let claimed = match kind {
+        NS if in_place => Some(source),
+        NA if in_place => Some(target),
+        _ => None,
+    };
     Ok(Message {
         ip,
         icmp: at,
         end,
         kind,
         csum: u16::from_le_bytes([icmp[2], icmp[3]]),
+        claimed,
     })
 }
 
@@ -242,18 +279,19 @@ fn learn<F: Frame, B: Bindings>(f: &F, b: &B, m: &Message, src: Mac, bd: *mut Bi
         NA => m.icmp + 8,
         _ => return,
     };
-    let (Some(a), Some(z)) = (f.load8(at), f.load8(at + 8)) else {
-        return;
+    let addr = match m.claimed {
+        Some(a) => a,
+        None => {
+            let (Some(a), Some(z)) = (f.load8(at), f.load8(at + 8)) else {
+                return;
+            };
+            [a as u32, (a >> 32) as u32, z as u32, (z >> 32) as u32]
+        }
     };
-    if m.kind == NS && a == 0 && z == 0 {
+    if m.kind == NS && addr == [0; 4] {
         return;
     }
-    maps::learn6(
-        bd,
-        b.ifindex(),
-        src,
-        [a as u32, (a >> 32) as u32, z as u32, (z >> 32) as u32],
-    );
+    maps::learn6(bd, b.ifindex(), src, addr);
 }
 
 /// To the VM: options holding the port's outside MAC -> inside MAC; the VM's own NS or NA coming

@@ -53,8 +53,9 @@ pub fn from_vm<F: Frame, B: Bindings>(f: &mut F, b: &B) -> Outcome {
         Ok(L3::Arp(at)) => arp::from_vm(f, b, at, src, bound).unwrap_or(outcome),
         Ok(L3::Ipv6(at)) => nd::from_vm(f, b, at, src, bound).unwrap_or(outcome),
         // Only a bound VM's requests: the host's own DHCP on the uplink stays as it is.
-        Ok(L3::Ipv4(at)) if bound.is_some() => dhcp::from_vm(f, b, at)
-            .map_or(outcome, |()| Outcome::DhcpRewritten),
+        Ok(L3::Ipv4(at)) if bound.is_some() => {
+            dhcp::from_vm(f, b, at).map_or(outcome, |()| Outcome::DhcpRewritten)
+        }
         // Tags the walk cannot pass could hide an ARP or ND body with the inside MAC.
         Ok(L3::TooDeep) if B::PORT => Outcome::Malformed,
         Ok(_) => outcome,

@@ -21,9 +21,7 @@ use aya::{
 };
 use mat_common::{
     counters::{self, Hook, Outcome, HOOKS, OUTCOMES},
-    maps::{
-        self as names, Binding, BindingKey, PortSlot, Settings, PORT_SLOTS, UPLINK_IFINDEX,
-    },
+    maps::{self as names, Binding, BindingKey, PortSlot, Settings, PORT_SLOTS, UPLINK_IFINDEX},
     pool::{PoolPrefix, Pools, MAX_POOLS},
     MacAddr,
 };
@@ -364,8 +362,7 @@ impl Dataplane {
     /// The IPv4 address learned for one binding: one lookup.
     pub fn learned_for(&self, ifindex: u32, inside: MacAddr) -> Result<Option<Ipv4Addr>, Error> {
         let binding = if ifindex == UPLINK_IFINDEX {
-            let map: HashMap<_, BindingKey, Binding> =
-                HashMap::try_from(self.map(names::FROM_VM))?;
+            let map: HashMap<_, BindingKey, Binding> = HashMap::try_from(self.map(names::FROM_VM))?;
             match map.get(&BindingKey::new(ifindex, inside), 0) {
                 Ok(b) => Some(b),
                 Err(aya::maps::MapError::KeyNotFound) => None,

@@ -126,12 +126,7 @@ fn unknown_port(port: &str) -> Refusal {
 
 impl Host {
     /// Loads the state (or starts one) for `plan`, and takes the data plane.
-    pub fn open(
-        mut store: Store,
-        mut dp: Dataplane,
-        plan: Plan,
-        opts: Options,
-    ) -> Result<Self> {
+    pub fn open(mut store: Store, mut dp: Dataplane, plan: Plan, opts: Options) -> Result<Self> {
         let state = match store.load()? {
             None => {
                 let s = State::new(plan);
@@ -203,7 +198,12 @@ impl Host {
             let done = match c {
                 Change::Bind(b) => self
                     .dp
-                    .bind(b.ifindex, b.inside.0, b.outside.0, flags(b, BINDING_ANNOUNCE))
+                    .bind(
+                        b.ifindex,
+                        b.inside.0,
+                        b.outside.0,
+                        flags(b, BINDING_ANNOUNCE),
+                    )
                     .map_err(|e| format!("binding {} on {} in the maps: {e}", b.inside, b.port)),
                 Change::Unbind(b) => {
                     self.learned6.remove(&(b.ifindex, b.inside));
@@ -228,7 +228,9 @@ impl Host {
         let inverse: Vec<Change> = done.iter().rev().map(Change::inverse).collect();
         for c in &inverse {
             let r = match c {
-                Change::Bind(b) => self.dp.bind(b.ifindex, b.inside.0, b.outside.0, flags(b, 0)),
+                Change::Bind(b) => self
+                    .dp
+                    .bind(b.ifindex, b.inside.0, b.outside.0, flags(b, 0)),
                 Change::Unbind(b) => self.dp.unbind(b.ifindex, b.inside.0, b.outside.0),
                 _ => Ok(()),
             };
@@ -327,8 +329,12 @@ impl Host {
                 have_from.get(&BindingKey::new(b.ifindex, b.inside.0)) == Some(&b.outside);
             let ok_to = have_to.get(&BindingKey::new(b.ifindex, b.outside.0)) == Some(&b.inside);
             if !(ok_from && ok_to) {
-                self.dp
-                    .bind(b.ifindex, b.inside.0, b.outside.0, flags(b, BINDING_ANNOUNCE))?;
+                self.dp.bind(
+                    b.ifindex,
+                    b.inside.0,
+                    b.outside.0,
+                    flags(b, BINDING_ANNOUNCE),
+                )?;
                 added += 1;
             }
         }

@@ -132,9 +132,16 @@ pub fn migrate(old: &Older, dp: &mut Dataplane) -> Result<(), Error> {
             to.insert(k, Binding::new(v.mac, v.flags), 0)?;
         }
     }
-    info!(version = old.version, copied, "bindings copied from the older layout");
+    info!(
+        version = old.version,
+        copied, "bindings copied from the older layout"
+    );
     let pools: Array<MapData, Pools> = Array::try_from(Map::Array(map(names::POOLS)?))?;
-    Array::<&mut MapData, Pools>::try_from(dp.map_mut(names::POOLS))?.set(0, pools.get(&0, 0)?, 0)?;
+    Array::<&mut MapData, Pools>::try_from(dp.map_mut(names::POOLS))?.set(
+        0,
+        pools.get(&0, 0)?,
+        0,
+    )?;
     // Counters: the same hooks, with the outcomes this layout added after the old ones.
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(Map::PerCpuArray(map(names::COUNTERS)?))?;
@@ -146,7 +153,11 @@ pub fn migrate(old: &Older, dp: &mut Dataplane) -> Result<(), Error> {
             let old_counts = counters.get(&(hook * OUTCOMES_V2 + outcome), 0)?;
             let i = hook * OUTCOMES.len() as u32 + outcome;
             let now = new_counters.get(&i, 0)?;
-            let sum: Vec<u64> = old_counts.iter().zip(now.iter()).map(|(a, b)| a + b).collect();
+            let sum: Vec<u64> = old_counts
+                .iter()
+                .zip(now.iter())
+                .map(|(a, b)| a + b)
+                .collect();
             new_counters.set(i, PerCpuValues::try_from(sum)?, 0)?;
         }
     }
@@ -155,7 +166,11 @@ pub fn migrate(old: &Older, dp: &mut Dataplane) -> Result<(), Error> {
     if let Ok(entries) = std::fs::read_dir(&old_links) {
         for entry in entries {
             let path = entry?.path();
-            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             let Some((ifindex, program)) = crate::dataplane::parse_link_pin(&name) else {
                 continue;
             };
@@ -164,7 +179,11 @@ pub fn migrate(old: &Older, dp: &mut Dataplane) -> Result<(), Error> {
                 swap(dp, &path, program)?.pin(&new_pin)?;
             }
             std::fs::remove_file(&path)?;
-            info!(ifindex, program = program.name(), "link moved to layout {LAYOUT}");
+            info!(
+                ifindex,
+                program = program.name(),
+                "link moved to layout {LAYOUT}"
+            );
         }
         std::fs::remove_dir(&old_links)?;
     }

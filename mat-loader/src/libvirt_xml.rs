@@ -414,7 +414,10 @@ mod tests {
         assert!(!d.interfaces[0].translated());
         assert_eq!(
             d.interfaces[1].ips,
-            [IpAddr::from([203, 0, 113, 8]), IpAddr::from([203, 0, 113, 9])]
+            [
+                IpAddr::from([203, 0, 113, 8]),
+                IpAddr::from([203, 0, 113, 9])
+            ]
         );
         // Domain-level addresses need exactly one translated interface.
         let one = with_metadata(

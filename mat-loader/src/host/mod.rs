@@ -7,10 +7,14 @@
 //! [`Host::reconcile`] corrects the maps to the state on disk.
 
 use std::{
-    collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
     time::{SystemTime, UNIX_EPOCH},
 };
+
+mod events;
+mod lifecycle;
+mod report;
 
 use anyhow::{Context, Result};
 use tracing::{info, warn};
@@ -19,23 +23,17 @@ use crate::{
     alloc::{Released, Source},
     announce::{self, Announce},
     common::{
-        maps::{
-            BindingKey, BINDING_ANNOUNCE, BINDING_PORT_SECURITY, SETTING_DHCP_TRANSLATE,
-            UPLINK_IFINDEX,
-        },
+        maps::{BINDING_ANNOUNCE, BINDING_PORT_SECURITY, SETTING_DHCP_TRANSLATE},
         pool::PoolPrefix,
     },
     mac::Mac,
-    plan::{Plan, Route},
+    plan::Plan,
     ports::{self, LinkInfo, VmPorts},
     refusal::{Code, Refusal},
     state::{Binding, Change, Port, State},
     store::Store,
-    views::{
-        AttachView, AttachVmView, BindingView, BoundView, DetachView, FreeView, HeldView, ListView,
-        PlanView,
-    },
-    Counters, Dataplane, Mode, Program,
+    views::{AttachView, AttachVmView, BindingView, DetachView},
+    Dataplane, Mode, Program,
 };
 
 /// Bind a VM's inside MAC on a port.
@@ -246,108 +244,6 @@ impl Host {
         }
     }
 
-    /// Brings everything in line with the state on disk: ports that went away while no daemon ran
-    /// are released, programs attached where needed and removed where not, and the maps
-    /// corrected entry by entry (entries already right are not touched, so forwarding never
-    /// stops).
-    pub fn reconcile(&mut self) -> Result<()> {
-        for p in self.vanished_ports() {
-            self.port_gone(&p, "missing at start")
-                .map_err(|r| anyhow::anyhow!("{r}"))?;
-        }
-        for p in self.state.ports.clone() {
-            // One port that cannot take the programs (another mode on it, say) must not keep the
-            // daemon, and every other port, from running.
-            if let Err(e) = self.dp.attach(&p.name, Mode::Port) {
-                warn!(port = p.name, error = %e, "attaching the programs at start");
-            }
-        }
-        let ours: HashSet<u32> = self.state.ports.iter().map(|p| p.ifindex).collect();
-        let mut stray: Vec<u32> = self
-            .dp
-            .links()?
-            .into_iter()
-            .filter(|&(i, p)| !ours.contains(&i) && p.on_port())
-            .map(|(i, _)| i)
-            .collect();
-        stray.sort_unstable();
-        stray.dedup();
-        for i in stray {
-            info!(
-                ifindex = i,
-                "detaching from a port that is not in the state"
-            );
-            self.dp.detach(i)?;
-        }
-        self.fix_maps()
-    }
-
-    /// Corrects the binding maps to the state (outside MAC and port security).
-    fn fix_maps(&mut self) -> Result<()> {
-        let from: HashMap<(u32, Mac), (Mac, bool)> = self
-            .state
-            .bindings
-            .iter()
-            .map(|b| ((b.ifindex, b.inside), (b.outside, b.port_security)))
-            .collect();
-        let to: HashMap<(u32, Mac), Mac> = self
-            .state
-            .bindings
-            .iter()
-            .map(|b| ((b.ifindex, b.outside), b.inside))
-            .collect();
-        let mut removed = 0;
-        let mut have_from = HashMap::new();
-        for (k, v) in self.dp.bindings()? {
-            if k.ifindex == UPLINK_IFINDEX {
-                continue;
-            }
-            let secured = v.flags & BINDING_PORT_SECURITY != 0;
-            if from.get(&(k.ifindex, Mac(k.mac))) == Some(&(Mac(v.mac), secured)) {
-                have_from.insert(k, Mac(v.mac));
-            } else {
-                self.dp.unbind(k.ifindex, k.mac, v.mac)?;
-                removed += 1;
-            }
-        }
-        let mut have_to = HashMap::new();
-        for (k, v) in self.dp.reverse_bindings()? {
-            if k.ifindex == UPLINK_IFINDEX {
-                continue;
-            }
-            if to.get(&(k.ifindex, Mac(k.mac))) == Some(&Mac(v.mac)) {
-                have_to.insert(k, Mac(v.mac));
-            } else {
-                self.dp.unbind(k.ifindex, v.mac, k.mac)?;
-                have_from.remove(&BindingKey::new(k.ifindex, v.mac));
-                removed += 1;
-            }
-        }
-        let mut added = 0;
-        for b in &self.state.bindings {
-            let ok_from =
-                have_from.get(&BindingKey::new(b.ifindex, b.inside.0)) == Some(&b.outside);
-            let ok_to = have_to.get(&BindingKey::new(b.ifindex, b.outside.0)) == Some(&b.inside);
-            if !(ok_from && ok_to) {
-                self.dp.bind(
-                    b.ifindex,
-                    b.inside.0,
-                    b.outside.0,
-                    flags(b, BINDING_ANNOUNCE),
-                )?;
-                added += 1;
-            }
-        }
-        info!(
-            bindings = self.state.bindings.len(),
-            ports = self.state.ports.len(),
-            removed,
-            added,
-            "maps reconciled with the state"
-        );
-        Ok(())
-    }
-
     /// The changes that release `bindings` into hold-down, in this order.
     fn release(state: &State, bindings: &[Binding], now: u64) -> Vec<Change> {
         let seq = state.alloc.next_seq();
@@ -379,121 +275,6 @@ impl Host {
         let mut changes = Self::release(state, &bound, now);
         changes.push(Change::RemovePort(port.clone()));
         changes
-    }
-
-    /// A port is gone: its bindings go into hold-down, its links are unpinned, the port is
-    /// forgotten. The one place that decides what a vanished port means.
-    fn port_gone(&mut self, port: &Port, why: &str) -> Result<(), Refusal> {
-        let changes = Self::forget_port(&self.state, port, now_ms());
-        let released = changes.len() - 1;
-        self.commit(changes)?;
-        if let Err(e) = self.dp.detach(port.ifindex) {
-            warn!(port = port.name, error = %e, "unpinning the links of a vanished port");
-        }
-        warn!(
-            port = port.name,
-            ifindex = port.ifindex,
-            released = released / 2,
-            why,
-            "port went away; its bindings are released into hold-down"
-        );
-        Ok(())
-    }
-
-    /// The kernel reported the link `ifindex` removed (or leaving its bridge): if the interface
-    /// is really gone, its port is released.
-    pub fn link_removed(&mut self, ifindex: u32) -> Result<(), Refusal> {
-        let Some(p) = self
-            .state
-            .ports
-            .iter()
-            .find(|p| p.ifindex == ifindex)
-            .cloned()
-        else {
-            return Ok(());
-        };
-        match ports::ifname(p.ifindex) {
-            ports::Lookup::Gone => self.port_gone(&p, "link removed"),
-            ports::Lookup::Found(name) if name != p.name => self.port_gone(&p, "link replaced"),
-            _ => Ok(()),
-        }
-    }
-
-    /// A link was added or changed: follow a rename of a port, and put the programs on a new VM
-    /// port of a managed bridge at once, so that the spoof check guards it from its first frame
-    /// and its attach only writes a transaction and map entries.
-    pub fn link_changed(&mut self, link: &LinkInfo) -> Result<(), Refusal> {
-        if let Some(old) = self
-            .state
-            .ports
-            .iter()
-            .find(|p| p.ifindex == link.ifindex && p.name != link.name)
-            .map(|p| p.name.clone())
-        {
-            if ports::ifname(link.ifindex) != ports::Lookup::Found(link.name.clone()) {
-                return Ok(());
-            }
-            self.commit(vec![Change::RenamePort {
-                ifindex: link.ifindex,
-                from: old.clone(),
-                to: link.name.clone(),
-            }])?;
-            info!(ifindex = link.ifindex, old, new = link.name, "port renamed");
-            return Ok(());
-        }
-        if self.vm_ports.managed(link)
-            && !self.state.ports.iter().any(|p| p.ifindex == link.ifindex)
-        {
-            self.add_port(&link.name, link.ifindex)?;
-            info!(
-                port = link.name,
-                ifindex = link.ifindex,
-                "guarding a new port of a managed bridge"
-            );
-        }
-        Ok(())
-    }
-
-    /// Attaches the programs to a port and records it (the programs first: a port in the state
-    /// always has them).
-    fn add_port(&mut self, name: &str, ifindex: u32) -> Result<(), Refusal> {
-        self.dp
-            .attach(name, Mode::Port)
-            .map_err(|e| Refusal::internal(format!("attaching the programs to {name}: {e}")))?;
-        let r = self.commit(vec![Change::AddPort(Port {
-            name: name.to_owned(),
-            ifindex,
-        })]);
-        if r.is_err() {
-            let _ = self.dp.detach(ifindex);
-        }
-        r
-    }
-
-    /// Ports in the state whose interface is gone (an error looking one up is not "gone").
-    fn vanished_ports(&self) -> Vec<Port> {
-        self.state
-            .ports
-            .iter()
-            .filter(|p| match ports::ifname(p.ifindex) {
-                ports::Lookup::Gone => true,
-                ports::Lookup::Found(name) => name != p.name,
-                ports::Lookup::Unknown(e) => {
-                    warn!(port = p.name, error = %e, "cannot tell whether a port still exists");
-                    false
-                }
-            })
-            .cloned()
-            .collect()
-    }
-
-    /// Releases the bindings of ports whose interface is gone (events can be lost).
-    pub fn resync(&mut self) {
-        for p in self.vanished_ports() {
-            if let Err(e) = self.port_gone(&p, "found missing") {
-                warn!(port = p.name, error = %e, "releasing a vanished port");
-            }
-        }
     }
 
     /// Refuses MACs that cannot be a VM's own.
@@ -837,231 +618,6 @@ impl Host {
             .map_err(|e| Refusal::internal(format!("detaching the programs from {port}: {e}")))?;
         info!(port, ifindex, "programs taken off the port");
         Ok(())
-    }
-
-    fn view(&self, b: &Binding, learned: Option<&HashMap<(u32, Mac), Ipv4Addr>>) -> BindingView {
-        let learned6 = self.learned6.get(&(b.ifindex, b.inside));
-        let since = UNIX_EPOCH + std::time::Duration::from_secs(b.since);
-        let learned = match learned {
-            Some(all) => all.get(&(b.ifindex, b.inside)).copied(),
-            None => self.dp.learned_for(b.ifindex, b.inside.0).ok().flatten(),
-        };
-        BindingView {
-            vm: b.vm.clone(),
-            port: b.port.clone(),
-            ifindex: b.ifindex,
-            inside: b.inside,
-            outside: b.outside,
-            ips: b.ips.clone(),
-            learned: learned
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(learned6.into_iter().flatten().map(|&ip| IpAddr::V6(ip)))
-                .collect(),
-            since: b.since,
-            since_rfc3339: humantime::format_rfc3339_seconds(since).to_string(),
-            port_security: b.port_security,
-        }
-    }
-
-    pub fn list(&self) -> ListView {
-        let learned: HashMap<(u32, Mac), Ipv4Addr> = self
-            .dp
-            .learned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, ip)| ((k.ifindex, Mac(k.mac)), ip))
-            .collect();
-        let mut bindings: Vec<BindingView> = self
-            .state
-            .bindings
-            .iter()
-            .map(|b| self.view(b, Some(&learned)))
-            .collect();
-        bindings.sort_by(|a, b| (&a.port, a.inside).cmp(&(&b.port, b.inside)));
-        ListView { bindings }
-    }
-
-    pub fn plan(&self) -> PlanView {
-        let p = &self.state.plan;
-        let now = now_ms();
-        let a = &self.state.alloc;
-        let mut bound: Vec<BoundView> = self
-            .state
-            .bindings
-            .iter()
-            .map(|b| BoundView {
-                outside: b.outside,
-                vm: b.vm.clone(),
-                port: b.port.clone(),
-                inside: b.inside,
-            })
-            .collect();
-        bound.sort_by_key(|b| b.outside);
-        let held: Vec<HeldView> = a
-            .held(now, self.hold_ms)
-            .map(|r| HeldView {
-                outside: r.outside,
-                vm: r.vm.clone(),
-                inside: r.inside,
-                released_ms: r.at_ms,
-                remaining_ms: r.at_ms + self.hold_ms - now,
-            })
-            .collect();
-        let reusable: Vec<Mac> = a.expired(now, self.hold_ms).map(|r| r.outside).collect();
-        let fresh = p.capacity() - a.next_fresh;
-        let ranges = match fresh {
-            0 => vec![],
-            1 => vec![p.mac_at(a.next_fresh).to_string()],
-            _ => vec![format!(
-                "{}-{}",
-                p.mac_at(a.next_fresh),
-                p.mac_at(p.capacity() - 1)
-            )],
-        };
-        let next = if fresh > 0 {
-            Some(p.mac_at(a.next_fresh))
-        } else {
-            reusable.first().copied()
-        };
-        PlanView {
-            pool: p.pool.to_string(),
-            host_pool: p.host_pool().to_string(),
-            rack_route: p.rack_route().to_string(),
-            rack: p.rack,
-            host: p.host,
-            rack_bits: p.rack_bits,
-            host_bits: p.host_bits,
-            vm_bits: p.vm_bits(),
-            capacity: p.capacity(),
-            hold_down_ms: self.hold_ms,
-            bound,
-            held,
-            free: FreeView {
-                count: fresh + reusable.len() as u64,
-                ranges,
-                reusable,
-                next,
-            },
-        }
-    }
-
-    pub fn routes(&self) -> Vec<Route> {
-        self.state.plan.routes()
-    }
-
-    /// The data plane's counters.
-    pub fn counters(&self) -> Result<Counters, crate::Error> {
-        self.dp.counters()
-    }
-
-    /// The managed ports with their programs and binding counts.
-    pub fn ports(&self) -> Vec<PortState> {
-        self.state
-            .ports
-            .iter()
-            .map(|p| PortState {
-                name: p.name.clone(),
-                ifindex: p.ifindex,
-                programs: self.dp.attached(p.ifindex),
-                bindings: self
-                    .state
-                    .bindings
-                    .iter()
-                    .filter(|b| b.ifindex == p.ifindex)
-                    .count(),
-            })
-            .collect()
-    }
-
-    pub fn host_pool(&self) -> String {
-        self.state.plan.host_pool().to_string()
-    }
-
-    pub fn binding_count(&self) -> usize {
-        self.state.bindings.len()
-    }
-
-    /// What to announce for a data-plane event about (port, inside MAC), if it is bound: the
-    /// learned address, or (on the VM's first frame) every address it has. A learned address
-    /// that is not unicast, or that another binding was given, is not announced (and the conflict
-    /// logged, at most once per [`announce::WARN_EVERY`] per binding). Learned IPv6 addresses are
-    /// kept (the latest [`LEARNED6_MAX`]) for `mat list` and the next announcement.
-    pub fn on_event(
-        &mut self,
-        ifindex: u32,
-        inside: Mac,
-        learned: Option<IpAddr>,
-    ) -> Option<Announce> {
-        let b = self
-            .state
-            .bindings
-            .iter()
-            .find(|b| b.ifindex == ifindex && b.inside == inside)?;
-        let ips = match learned {
-            Some(ip) => {
-                if !announce::announceable(ip) {
-                    return None;
-                }
-                if let Some(owner) = self
-                    .state
-                    .bindings
-                    .iter()
-                    .find(|o| o.ifindex != ifindex && o.ips.contains(&ip))
-                {
-                    if let Some(claims) = self.conflicts.hit(b.outside, std::time::Instant::now()) {
-                        warn!(%ip, port = b.port, vm = b.vm, owner_port = owner.port,
-                              owner_vm = owner.vm, claims,
-                              "a VM claims an address given to another: not announced");
-                    }
-                    return None;
-                }
-                if let IpAddr::V6(v6) = ip {
-                    let known = self.learned6.entry((ifindex, inside)).or_default();
-                    known.retain(|&k| k != v6);
-                    known.push(v6);
-                    if known.len() > LEARNED6_MAX {
-                        known.remove(0);
-                    }
-                }
-                vec![ip]
-            }
-            None => {
-                let mut ips = b.ips.clone();
-                ips.extend(
-                    self.dp
-                        .learned_for(ifindex, inside.0)
-                        .ok()
-                        .flatten()
-                        .map(IpAddr::V4)
-                        .filter(|&ip| announce::announceable(ip)),
-                );
-                ips.extend(
-                    self.learned6
-                        .get(&(ifindex, inside))
-                        .into_iter()
-                        .flatten()
-                        .map(|&ip| IpAddr::V6(ip)),
-                );
-                ips.sort_unstable();
-                ips.dedup();
-                ips
-            }
-        };
-        (!ips.is_empty()).then_some(Announce {
-            ifindex,
-            outside: b.outside,
-            ips,
-            learned: learned.is_some(),
-        })
-    }
-
-    /// Whether `outside` is still bound on `ifindex` (an announcement stops when it is not).
-    pub fn is_bound(&self, ifindex: u32, outside: Mac) -> bool {
-        self.state
-            .bindings
-            .iter()
-            .any(|b| b.ifindex == ifindex && b.outside == outside)
     }
 }
 

@@ -142,8 +142,16 @@ pub fn learn(b: *mut Binding, ifindex: u32, inside: Mac, ipv4: u32) {
 /// ND, once per address in a row (the binding keeps a fold of the last one).
 #[inline(always)]
 pub fn learn6(b: *mut Binding, ifindex: u32, inside: Mac, w: [u32; 4]) {
-    // Never zero, so that "nothing learned yet" differs from any address.
-    let fold = (w[0] ^ w[1].rotate_left(8) ^ w[2].rotate_left(16) ^ w[3].rotate_left(24)) | 1;
+    // A multiply-mix of the two halves: addresses a bit or two apart (the same interface ID in
+    // two adjacent /64s) fold apart. Never zero, so that "nothing learned yet" differs from any
+    // address; only a fold of zero is moved (to one), no bit of the others is lost.
+    let lo = u64::from(w[0]) | u64::from(w[1]) << 32;
+    let hi = u64::from(w[2]) | u64::from(w[3]) << 32;
+    let mixed = (lo.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ hi).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    let fold = match (mixed >> 32) as u32 {
+        0 => 1,
+        f => f,
+    };
     // SAFETY: `b` points into a map value for this program's run.
     unsafe {
         let seen = addr_of_mut!((*b).ipv6_fold);

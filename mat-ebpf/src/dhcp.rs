@@ -11,7 +11,6 @@ use mat_common::maps::SETTING_DHCP_TRANSLATE;
 
 use crate::{
     bindings::{outside_of, Bindings},
-    csum,
     frame::Frame,
     mac::Mac,
     maps,
@@ -30,7 +29,8 @@ const BROADCAST: u8 = 0x80;
 
 /// A DHCP message: where its IPv4 header and BOOTP part start, where the UDP checksum is, the
 /// checksum, and whether it is read and written in place (no IPv4 options: every offset is one
-/// of three) or through helper calls.
+/// of three) or through helper calls. The checksum is always updated through
+/// [`Frame::udp_csum_replace`].
 struct Message {
     ip: usize,
     bootp: usize,
@@ -66,29 +66,6 @@ impl Message {
             true
         } else {
             f.store8(self.bootp + off, v)
-        }
-    }
-
-    /// Writes the UDP checksum after a change: none (zero) stays none, a computed zero is all
-    /// ones.
-    #[inline(always)]
-    fn write_csum<F: Frame>(&self, f: &mut F, new: impl FnOnce(u16) -> u16) -> bool {
-        if self.csum == 0 {
-            return true;
-        }
-        let c = match new(self.csum) {
-            0 => 0xffff,
-            c => c,
-        };
-        if self.in_place {
-            let Some(p) = f.ptr_at::<[u8; 2]>(self.ip + 26) else {
-                return false;
-            };
-            // SAFETY: bounds checked by `ptr_at`.
-            unsafe { *p = c.to_le_bytes() };
-            true
-        } else {
-            f.store2(self.csum_at, c)
         }
     }
 }
@@ -140,7 +117,8 @@ fn find<F: Frame>(f: &F, ip: usize, from: u16, to: u16, op: u8) -> Option<Messag
 fn set_chaddr<F: Frame>(f: &mut F, m: &Message, v: u64, old: Mac, new: Mac) -> Option<()> {
     let (hi, lo) = new.parts();
     let v = (v & !0xffff_ffff_ffff) | u64::from(hi) | u64::from(lo) << 32;
-    (m.write8(f, CHADDR, v) && m.write_csum(f, |c| csum::replace_mac(c, old, new))).then_some(())
+    (m.write8(f, CHADDR, v) && f.udp_csum_replace(m.csum_at, m.csum, old.words(), new.words()))
+        .then_some(())
 }
 
 #[inline(always)]
@@ -169,7 +147,7 @@ pub fn from_vm<F: Frame, B: Bindings>(f: &mut F, b: &B, ip: usize) -> Option<()>
     w[2] |= BROADCAST;
     let new = u16::from_le_bytes([w[2], w[3]]);
     (m.write8(f, SECS, u64::from_le_bytes(w))
-        && m.write_csum(f, |c| csum::replace_word(c, old, new)))
+        && f.udp_csum_replace(m.csum_at, m.csum, [old], [new]))
     .then_some(())
 }
 

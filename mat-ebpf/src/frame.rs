@@ -2,7 +2,7 @@
 //! overloadable XDP/TC accessors do).
 
 use aya_ebpf::{
-    bindings::BPF_F_RECOMPUTE_CSUM,
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_RECOMPUTE_CSUM},
     helpers::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     programs::{TcContext, XdpContext},
 };
@@ -28,6 +28,16 @@ pub trait Frame {
     fn store8(&mut self, offset: usize, v: u64) -> bool;
     /// Writes the 2 bytes at `offset`.
     fn store2(&mut self, offset: usize, v: u16) -> bool;
+    /// Updates the UDP checksum at `offset` (now `csum`) for checksummed 16-bit words that change
+    /// from `old` to `new` (words as they sit in memory). A zero checksum (none) stays zero; a
+    /// computed zero is sent as all ones.
+    fn udp_csum_replace<const N: usize>(
+        &mut self,
+        offset: usize,
+        csum: u16,
+        old: [u16; N],
+        new: [u16; N],
+    ) -> bool;
 
     /// A bounds-checked pointer to a `T` at `offset`, or `None` past the end of the frame.
     #[inline(always)]
@@ -89,6 +99,23 @@ impl Frame for Tc {
             .store(offset, &v, u64::from(BPF_F_RECOMPUTE_CSUM))
             .is_ok()
     }
+    /// Through the kernel's helper: a guest's offloaded UDP arrives with a checksum the stack or
+    /// the NIC completes later (CHECKSUM_PARTIAL), which must not be adjusted by hand.
+    #[inline(always)]
+    fn udp_csum_replace<const N: usize>(
+        &mut self,
+        offset: usize,
+        _csum: u16,
+        old: [u16; N],
+        new: [u16; N],
+    ) -> bool {
+        let flags = 2 | u64::from(BPF_F_MARK_MANGLED_0);
+        (0..N).all(|i| {
+            self.0
+                .l4_csum_replace(offset, u64::from(old[i]), u64::from(new[i]), flags)
+                .is_ok()
+        })
+    }
 }
 
 impl Frame for Xdp {
@@ -133,5 +160,23 @@ impl Frame for Xdp {
     fn store2(&mut self, offset: usize, mut v: u16) -> bool {
         // SAFETY: the helper reads 2 bytes from `v`.
         unsafe { bpf_xdp_store_bytes(self.0.ctx, offset as u32, (&raw mut v).cast(), 2) == 0 }
+    }
+    /// By hand: an XDP frame carries no checksum state.
+    #[inline(always)]
+    fn udp_csum_replace<const N: usize>(
+        &mut self,
+        offset: usize,
+        csum: u16,
+        old: [u16; N],
+        new: [u16; N],
+    ) -> bool {
+        if csum == 0 {
+            return true;
+        }
+        let mut c = csum;
+        for i in 0..N {
+            c = crate::csum::replace_word(c, old[i], new[i]);
+        }
+        self.store2(offset, if c == 0 { 0xffff } else { c })
     }
 }

@@ -30,8 +30,16 @@ pub enum Outcome {
     SpoofDropped = 3,
     /// Truncated Ethernet, VLAN or ARP/RARP header: dropped.
     Malformed = 4,
-    /// An ARP to a VM that claims the VM's own outside MAC (its announcement coming back): dropped.
+    /// An ARP to a VM that claims the VM's own outside MAC (its announcement coming back), or an
+    /// NS or NA from it: dropped.
     Reflected = 5,
+    /// A Neighbor Discovery link-layer address option was translated (checksum updated).
+    NdRewritten = 6,
+    /// A DHCPv4 request's broadcast flag or chaddr, or a reply's chaddr, was changed.
+    DhcpRewritten = 7,
+    /// From a bound port with port security: a source MAC, ARP sender or ND link-layer option
+    /// that is not the port's inside MAC, or an ARP the rules cannot read: dropped.
+    PortSecurityDropped = 8,
 }
 
 pub const HOOKS: [Hook; 5] = [
@@ -42,13 +50,16 @@ pub const HOOKS: [Hook; 5] = [
     Hook::UplinkInXdp,
 ];
 
-pub const OUTCOMES: [Outcome; 6] = [
+pub const OUTCOMES: [Outcome; 9] = [
     Outcome::Translated,
     Outcome::ArpRewritten,
     Outcome::Passed,
     Outcome::SpoofDropped,
     Outcome::Malformed,
     Outcome::Reflected,
+    Outcome::NdRewritten,
+    Outcome::DhcpRewritten,
+    Outcome::PortSecurityDropped,
 ];
 
 /// Entries in the counter map.
@@ -88,6 +99,9 @@ impl Outcome {
             Outcome::SpoofDropped => "spoof_dropped",
             Outcome::Malformed => "malformed",
             Outcome::Reflected => "reflected",
+            Outcome::NdRewritten => "nd_rewritten",
+            Outcome::DhcpRewritten => "dhcp_rewritten",
+            Outcome::PortSecurityDropped => "port_security_dropped",
         }
     }
 
@@ -95,7 +109,10 @@ impl Outcome {
     pub const fn drops(self) -> bool {
         matches!(
             self,
-            Outcome::SpoofDropped | Outcome::Malformed | Outcome::Reflected
+            Outcome::SpoofDropped
+                | Outcome::Malformed
+                | Outcome::Reflected
+                | Outcome::PortSecurityDropped
         )
     }
 }

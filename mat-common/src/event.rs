@@ -9,6 +9,8 @@ pub enum EventKind {
     Learned = 1,
     /// The first frame from a binding flagged [`crate::maps::BINDING_ANNOUNCE`]: the VM runs.
     Active = 2,
+    /// A VM's Neighbor Discovery claimed an IPv6 address for its inside MAC (`ipv6` holds it).
+    Learned6 = 3,
 }
 
 #[repr(C)]
@@ -20,8 +22,10 @@ pub struct Event {
     /// The VM's inside MAC.
     pub mac: crate::MacAddr,
     pub _pad: [u8; 2],
-    /// IPv4 address in network order (zero for `Active`).
+    /// IPv4 address in network order (`Learned`).
     pub ipv4: [u8; 4],
+    /// IPv6 address in network order (`Learned6`).
+    pub ipv6: [u8; 16],
 }
 
 impl Event {
@@ -29,6 +33,7 @@ impl Event {
         match self.kind {
             1 => Some(EventKind::Learned),
             2 => Some(EventKind::Active),
+            3 => Some(EventKind::Learned6),
             _ => None,
         }
     }

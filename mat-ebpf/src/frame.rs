@@ -1,7 +1,11 @@
 //! One view of a frame for every program type, so the rules are written once (as Cilium's
 //! overloadable XDP/TC accessors do).
 
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_RECOMPUTE_CSUM},
+    helpers::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    programs::{TcContext, XdpContext},
+};
 
 pub trait Frame {
     fn start(&self) -> usize;
@@ -13,6 +17,27 @@ pub trait Frame {
     /// Makes the first `len` bytes directly accessible if the frame has them. Only the rare ARP
     /// path calls it: TC may hold part of a frame outside the linear area.
     fn pull(&mut self, len: usize) -> bool;
+    /// The frame's length, linear or not.
+    fn len(&self) -> usize;
+    /// A copy of the 8 bytes at `offset` (anywhere in the frame), or `None` past its end. The
+    /// ND and DHCP walks read through this helper call rather than packet pointers: their
+    /// offsets come from the frame, and a helper checks them at run time, which keeps the
+    /// verifier's work small.
+    fn load8(&self, offset: usize) -> Option<u64>;
+    /// Writes the 8 bytes at `offset`.
+    fn store8(&mut self, offset: usize, v: u64) -> bool;
+    /// Writes the 2 bytes at `offset`.
+    fn store2(&mut self, offset: usize, v: u16) -> bool;
+    /// Updates the UDP checksum at `offset` (now `csum`) for checksummed 16-bit words that change
+    /// from `old` to `new` (words as they sit in memory). A zero checksum (none) stays zero; a
+    /// computed zero is sent as all ones.
+    fn udp_csum_replace<const N: usize>(
+        &mut self,
+        offset: usize,
+        csum: u16,
+        old: [u16; N],
+        new: [u16; N],
+    ) -> bool;
 
     /// A bounds-checked pointer to a `T` at `offset`, or `None` past the end of the frame.
     #[inline(always)]
@@ -54,6 +79,43 @@ impl Frame for Tc {
         }
         self.0.pull_data(len as u32).is_ok() && self.start() + len <= self.end()
     }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.len() as usize
+    }
+    #[inline(always)]
+    fn load8(&self, offset: usize) -> Option<u64> {
+        self.0.load::<u64>(offset).ok()
+    }
+    #[inline(always)]
+    fn store8(&mut self, offset: usize, v: u64) -> bool {
+        self.0
+            .store(offset, &v, u64::from(BPF_F_RECOMPUTE_CSUM))
+            .is_ok()
+    }
+    #[inline(always)]
+    fn store2(&mut self, offset: usize, v: u16) -> bool {
+        self.0
+            .store(offset, &v, u64::from(BPF_F_RECOMPUTE_CSUM))
+            .is_ok()
+    }
+    /// Through the kernel's helper: a guest's offloaded UDP arrives with a checksum the stack or
+    /// the NIC completes later (CHECKSUM_PARTIAL), which must not be adjusted by hand.
+    #[inline(always)]
+    fn udp_csum_replace<const N: usize>(
+        &mut self,
+        offset: usize,
+        _csum: u16,
+        old: [u16; N],
+        new: [u16; N],
+    ) -> bool {
+        let flags = 2 | u64::from(BPF_F_MARK_MANGLED_0);
+        (0..N).all(|i| {
+            self.0
+                .l4_csum_replace(offset, u64::from(old[i]), u64::from(new[i]), flags)
+                .is_ok()
+        })
+    }
 }
 
 impl Frame for Xdp {
@@ -77,5 +139,44 @@ impl Frame for Xdp {
     fn pull(&mut self, len: usize) -> bool {
         // An XDP frame is linear (no multi-buffer support requested at load).
         self.start() + len <= self.end()
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.end() - self.start()
+    }
+    #[inline(always)]
+    fn load8(&self, offset: usize) -> Option<u64> {
+        let mut v = 0u64;
+        // SAFETY: the helper writes at most 8 bytes into `v`.
+        let r = unsafe { bpf_xdp_load_bytes(self.0.ctx, offset as u32, (&raw mut v).cast(), 8) };
+        (r == 0).then_some(v)
+    }
+    #[inline(always)]
+    fn store8(&mut self, offset: usize, mut v: u64) -> bool {
+        // SAFETY: the helper reads 8 bytes from `v`.
+        unsafe { bpf_xdp_store_bytes(self.0.ctx, offset as u32, (&raw mut v).cast(), 8) == 0 }
+    }
+    #[inline(always)]
+    fn store2(&mut self, offset: usize, mut v: u16) -> bool {
+        // SAFETY: the helper reads 2 bytes from `v`.
+        unsafe { bpf_xdp_store_bytes(self.0.ctx, offset as u32, (&raw mut v).cast(), 2) == 0 }
+    }
+    /// By hand: an XDP frame carries no checksum state.
+    #[inline(always)]
+    fn udp_csum_replace<const N: usize>(
+        &mut self,
+        offset: usize,
+        csum: u16,
+        old: [u16; N],
+        new: [u16; N],
+    ) -> bool {
+        if csum == 0 {
+            return true;
+        }
+        let mut c = csum;
+        for i in 0..N {
+            c = crate::csum::replace_word(c, old[i], new[i]);
+        }
+        self.store2(offset, if c == 0 { 0xffff } else { c })
     }
 }

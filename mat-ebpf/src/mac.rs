@@ -55,6 +55,23 @@ impl Mac {
         (self.hi & mask.hi) == prefix.hi && (self.lo & mask.lo) == prefix.lo
     }
 
+    /// The address from its first 4 and last 2 bytes as they sit in memory.
+    #[inline(always)]
+    pub fn from_parts(hi: u32, lo: u16) -> Self {
+        Self { hi, lo }
+    }
+
+    #[inline(always)]
+    pub fn parts(self) -> (u32, u16) {
+        (self.hi, self.lo)
+    }
+
+    /// The three 16-bit words of the address as they sit in memory (for checksums).
+    #[inline(always)]
+    pub fn words(self) -> [u16; 3] {
+        [self.hi as u16, (self.hi >> 16) as u16, self.lo]
+    }
+
     #[inline(always)]
     pub fn key(self, ifindex: u32) -> BindingKey {
         let mut key = BindingKey::new(ifindex, [0; 6]);

@@ -3,9 +3,14 @@
 #![no_std]
 #![no_main]
 
+mod arp;
+mod bindings;
+mod csum;
+mod dhcp;
 mod frame;
 mod mac;
 mod maps;
+mod nd;
 mod parse;
 mod rules;
 
@@ -14,30 +19,24 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use bindings::{Port, Uplink};
 use frame::{Frame, Tc, Xdp};
-use mat_common::{
-    counters::{Hook, Outcome},
-    maps::UPLINK_IFINDEX,
-};
-use rules::Mode;
+use mat_common::counters::{Hook, Outcome};
 
 /// Frames from a VM, at the TC ingress of its port (the default).
 #[classifier]
 pub fn port_from_vm(ctx: TcContext) -> i32 {
     let mut f = Tc(ctx);
-    let ifindex = f.ifindex();
-    tc_verdict(
-        Hook::PortFromVmTc,
-        rules::from_vm(&mut f, ifindex, Mode::Port),
-    )
+    let port = Port::new(f.ifindex());
+    tc_verdict(Hook::PortFromVmTc, rules::from_vm(&mut f, &port))
 }
 
 /// Frames to a VM, at the TC egress of its port.
 #[classifier]
 pub fn port_to_vm(ctx: TcContext) -> i32 {
     let mut f = Tc(ctx);
-    let ifindex = f.ifindex();
-    tc_verdict(Hook::PortToVmTc, rules::to_vm(&mut f, ifindex, Mode::Port))
+    let port = Port::new(f.ifindex());
+    tc_verdict(Hook::PortToVmTc, rules::to_vm(&mut f, &port))
 }
 
 /// Frames from a VM, in XDP on its port (an explicit option: native XDP on a veth turns off TSO
@@ -45,31 +44,22 @@ pub fn port_to_vm(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn port_from_vm_xdp(ctx: XdpContext) -> u32 {
     let mut f = Xdp(ctx);
-    let ifindex = f.ifindex();
-    xdp_verdict(
-        Hook::PortFromVmXdp,
-        rules::from_vm(&mut f, ifindex, Mode::Port),
-    )
+    let port = Port::new(f.ifindex());
+    xdp_verdict(Hook::PortFromVmXdp, rules::from_vm(&mut f, &port))
 }
 
 /// Frames towards the network, at the TC egress of the uplink; keyed by MAC only.
 #[classifier]
 pub fn uplink_out(ctx: TcContext) -> i32 {
     let mut f = Tc(ctx);
-    tc_verdict(
-        Hook::UplinkOutTc,
-        rules::from_vm(&mut f, UPLINK_IFINDEX, Mode::Uplink),
-    )
+    tc_verdict(Hook::UplinkOutTc, rules::from_vm(&mut f, &Uplink))
 }
 
 /// Frames from the network, in XDP on the uplink; keyed by MAC only.
 #[xdp]
 pub fn uplink_in(ctx: XdpContext) -> u32 {
     let mut f = Xdp(ctx);
-    xdp_verdict(
-        Hook::UplinkInXdp,
-        rules::to_vm(&mut f, UPLINK_IFINDEX, Mode::Uplink),
-    )
+    xdp_verdict(Hook::UplinkInXdp, rules::to_vm(&mut f, &Uplink))
 }
 
 /// Benchmark floor: an XDP program that does nothing, to subtract from MAT's per-packet cost.

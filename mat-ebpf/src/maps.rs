@@ -8,7 +8,10 @@ use aya_ebpf::{
 use mat_common::{
     counters::{self, Hook, Outcome},
     event::{Event, EventKind},
-    maps::{Binding, BindingKey, BINDING_ANNOUNCE, EVENTS_BYTES, MAX_BINDINGS},
+    maps::{
+        Binding, BindingKey, PortSlot, Settings, BINDING_ANNOUNCE, EVENTS_BYTES, MAX_BINDINGS,
+        PORT_OVERFLOW_ENTRIES, PORT_SLOTS,
+    },
     pool::{Pools, MAX_POOLS},
 };
 
@@ -21,6 +24,15 @@ static FROM_VM: HashMap<BindingKey, Binding> = HashMap::pinned(MAX_BINDINGS, 0);
 
 #[map(name = "MAT_TO_VM")]
 static TO_VM: HashMap<BindingKey, Binding> = HashMap::pinned(MAX_BINDINGS, 0);
+
+#[map(name = "MAT_PORTS")]
+static PORTS: Array<PortSlot> = Array::pinned(PORT_SLOTS, 0);
+
+#[map(name = "MAT_PORT_OVERFLOW")]
+static PORT_OVERFLOW: HashMap<u32, PortSlot> = HashMap::pinned(PORT_OVERFLOW_ENTRIES, 0);
+
+#[map(name = "MAT_SETTINGS")]
+static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 
 #[map(name = "MAT_POOLS")]
 static POOLS: Array<Pools> = Array::pinned(1, 0);
@@ -39,16 +51,35 @@ pub fn count(hook: Hook, outcome: Outcome) {
     }
 }
 
-/// The translation of `mac` on `ifindex` from the VM, if bound.
+/// Uplink mode: the translation of `mac` from the VM, if bound.
 #[inline(always)]
 pub fn from_vm(ifindex: u32, mac: Mac) -> Option<*mut Binding> {
     FROM_VM.get_ptr_mut(mac.key(ifindex))
 }
 
-/// The translation of `mac` on `ifindex` towards the VM, if bound.
+/// Uplink mode: the translation of `mac` towards the VM, if bound.
 #[inline(always)]
 pub fn to_vm(ifindex: u32, mac: Mac) -> Option<*const Binding> {
     TO_VM.get_ptr(mac.key(ifindex))
+}
+
+/// The binding of the port `ifindex`, if it is bound: its slot in the port table, or (when
+/// another port holds that slot) its overflow entry.
+#[inline(always)]
+pub fn port(ifindex: u32) -> Option<*mut PortSlot> {
+    if let Some(slot) = PORTS.get_ptr_mut(ifindex % PORT_SLOTS) {
+        // SAFETY: a live map value.
+        if unsafe { (*slot).ifindex } == ifindex {
+            return Some(slot);
+        }
+    }
+    PORT_OVERFLOW.get_ptr_mut(ifindex)
+}
+
+/// The host's `SETTING_*` flags.
+#[inline(always)]
+pub fn settings() -> u32 {
+    SETTINGS.get(0).map_or(0, |s| s.flags)
 }
 
 /// Whether `mac` lies inside an outside pool. A fixed number of mask compares, no scan of
@@ -83,7 +114,7 @@ pub fn announce_if_pending(b: *mut Binding, ifindex: u32, inside: Mac) {
         }
         (*b).flags &= !BINDING_ANNOUNCE;
     }
-    notify(EventKind::Active, ifindex, inside, [0; 4]);
+    notify(EventKind::Active, ifindex, inside, [0; 4], [0; 16]);
 }
 
 /// Records in the VM's binding the IPv4 address it claims for its inside MAC; a new or changed
@@ -98,17 +129,51 @@ pub fn learn(b: *mut Binding, ifindex: u32, inside: Mac, ipv4: u32) {
         }
         learned.write(ipv4);
     }
-    notify(EventKind::Learned, ifindex, inside, ipv4.to_ne_bytes());
+    notify(
+        EventKind::Learned,
+        ifindex,
+        inside,
+        ipv4.to_ne_bytes(),
+        [0; 16],
+    );
+}
+
+/// Reports an IPv6 address (its four words as they sit in the frame) the VM claims in its own
+/// ND, once per address in a row (the binding keeps a fold of the last one).
+#[inline(always)]
+pub fn learn6(b: *mut Binding, ifindex: u32, inside: Mac, w: [u32; 4]) {
+    // A multiply-mix of the two halves: addresses a bit or two apart (the same interface ID in
+    // two adjacent /64s) fold apart. Never zero, so that "nothing learned yet" differs from any
+    // address; only a fold of zero is moved (to one), no bit of the others is lost.
+    let lo = u64::from(w[0]) | u64::from(w[1]) << 32;
+    let hi = u64::from(w[2]) | u64::from(w[3]) << 32;
+    let mixed = (lo.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ hi).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    let fold = match (mixed >> 32) as u32 {
+        0 => 1,
+        f => f,
+    };
+    // SAFETY: `b` points into a map value for this program's run.
+    unsafe {
+        let seen = addr_of_mut!((*b).ipv6_fold);
+        if seen.read() == fold {
+            return;
+        }
+        seen.write(fold);
+    }
+    // SAFETY: sixteen bytes either way; the words hold them in frame order.
+    let ipv6: [u8; 16] = unsafe { core::mem::transmute(w) };
+    notify(EventKind::Learned6, ifindex, inside, [0; 4], ipv6);
 }
 
 #[inline(always)]
-fn notify(kind: EventKind, ifindex: u32, inside: Mac, ipv4: [u8; 4]) {
+fn notify(kind: EventKind, ifindex: u32, inside: Mac, ipv4: [u8; 4], ipv6: [u8; 16]) {
     let mut event = Event {
         kind: kind as u32,
         ifindex,
         mac: [0; 6],
         _pad: [0; 2],
         ipv4,
+        ipv6,
     };
     // SAFETY: `event.mac` is 6 bytes.
     unsafe { inside.write(event.mac.as_mut_ptr()) };

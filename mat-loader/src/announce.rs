@@ -11,13 +11,15 @@ use std::{
     collections::{HashMap, HashSet},
     io,
     mem::size_of,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, Ethernet2Header};
+use etherparse::{
+    ArpHardwareId, ArpOperation, ArpPacket, EtherType, Ethernet2Header, Icmpv6Type, PacketBuilder,
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -74,15 +76,20 @@ impl Quieted {
 pub struct Announce {
     pub ifindex: u32,
     pub outside: Mac,
-    pub ips: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
     /// Learned from the VM's own traffic (rate-limited), rather than given by the operator.
     pub learned: bool,
 }
 
 /// Whether an address can be a VM's own and so be announced: unicast, not unspecified,
-/// broadcast, multicast or loopback.
-pub fn announceable(ip: Ipv4Addr) -> bool {
-    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
+/// broadcast, multicast or loopback (IPv6 link-local addresses are a VM's own).
+pub fn announceable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
+            !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
+        }
+        IpAddr::V6(ip) => !(ip.is_unspecified() || ip.is_multicast() || ip.is_loopback()),
+    }
 }
 
 /// Sends announcements in the background, one at a time per (MAC, address), within the
@@ -96,7 +103,7 @@ pub struct Announcer {
 #[derive(Default)]
 struct Busy {
     /// (outside MAC, address) pairs being announced right now.
-    inflight: HashSet<(Mac, Ipv4Addr)>,
+    inflight: HashSet<(Mac, IpAddr)>,
     /// Learned-address allowance per outside MAC: (tokens, when last counted).
     allowance: HashMap<Mac, (f64, Instant)>,
     /// Learned addresses dropped for want of allowance, for the warning.
@@ -137,7 +144,7 @@ impl Announcer {
         a: Announce,
         bound: impl Fn(u32, Mac) -> bool + Send + 'static,
     ) {
-        let ips: Vec<Ipv4Addr> = {
+        let ips: Vec<IpAddr> = {
             let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             let mut ips = Vec::new();
@@ -177,7 +184,7 @@ impl Announcer {
                         for &ip in &ips {
                             match this.sender.send(bridge, &frame(a.outside, ip)) {
                                 Ok(()) => sent += 1,
-                                Err(e) => warn!(bridge, %ip, error = %e, "sending gratuitous ARP"),
+                                Err(e) => warn!(bridge, %ip, error = %e, "sending an announcement"),
                             }
                         }
                     }
@@ -186,7 +193,7 @@ impl Announcer {
                 Ok(_) => warn!(
                     ifindex = a.ifindex,
                     outside = %a.outside,
-                    "the port is in no bridge: no gratuitous ARP sent"
+                    "the port is in no bridge: no announcement sent"
                 ),
                 Err(e) => warn!(error = %e, "looking up the port's bridge"),
             }
@@ -198,9 +205,41 @@ impl Announcer {
     }
 }
 
+/// The announcement of `ip` at `mac`: a gratuitous ARP for IPv4, an unsolicited NA for IPv6.
+pub fn frame(mac: Mac, ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(ip) => garp(mac, ip),
+        IpAddr::V6(ip) => unsolicited_na(mac, ip),
+    }
+}
+
+/// An unsolicited Neighbor Advertisement (RFC 4861 7.2.6): from `ip` to all nodes (ff02::1),
+/// hop limit 255, override flag set, the target link-layer option holding `mac` (receivers
+/// ignore an unsolicited NA without it).
+fn unsolicited_na(mac: Mac, ip: Ipv6Addr) -> Vec<u8> {
+    const NA: u8 = 136;
+    const OVERRIDE: u8 = 0x20;
+    const TARGET_LL: u8 = 2;
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let mut body = ip.octets().to_vec();
+    body.extend_from_slice(&[TARGET_LL, 1]);
+    body.extend_from_slice(&mac.0);
+    let mut out = Vec::with_capacity(86);
+    PacketBuilder::ethernet2(mac.0, [0x33, 0x33, 0, 0, 0, 1])
+        .ipv6(ip.octets(), all_nodes.octets(), 255)
+        .icmpv6(Icmpv6Type::Unknown {
+            type_u8: NA,
+            code_u8: 0,
+            bytes5to8: [OVERRIDE, 0, 0, 0],
+        })
+        .write(&mut out, &body)
+        .expect("write to Vec");
+    out
+}
+
 /// A gratuitous ARP request: broadcast, sender and target protocol address both `ip`, sender
 /// hardware address `mac`, target hardware address zero; padded to the Ethernet minimum.
-pub fn frame(mac: Mac, ip: Ipv4Addr) -> Vec<u8> {
+fn garp(mac: Mac, ip: Ipv4Addr) -> Vec<u8> {
     let mut out = Vec::with_capacity(60);
     Ethernet2Header {
         destination: Mac::BROADCAST.0,
@@ -278,7 +317,12 @@ mod tests {
         for ip in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1"] {
             assert!(!announceable(ip.parse().unwrap()), "{ip}");
         }
-        assert!(announceable(Ipv4Addr::new(192, 0, 2, 10)));
+        for ip in ["::", "ff02::1", "::1"] {
+            assert!(!announceable(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(announceable("192.0.2.10".parse().unwrap()));
+        assert!(announceable("fe80::1".parse().unwrap()));
+        assert!(announceable("2001:db8::10".parse().unwrap()));
     }
 
     #[test]
@@ -310,7 +354,7 @@ mod tests {
     #[test]
     fn frame_is_a_gratuitous_request() {
         let mac = Mac([2, 0, 0x5e, 1, 3, 0x2a]);
-        let f = frame(mac, Ipv4Addr::new(192, 0, 2, 10));
+        let f = frame(mac, Ipv4Addr::new(192, 0, 2, 10).into());
         assert_eq!(f.len(), 60);
         let p = SlicedPacket::from_ethernet(&f).unwrap();
         let Some(LinkSlice::Ethernet2(eth)) = p.link else {
@@ -325,5 +369,38 @@ mod tests {
         assert_eq!(arp.sender_protocol_addr(), &[192, 0, 2, 10]);
         assert_eq!(arp.target_protocol_addr(), &[192, 0, 2, 10]);
         assert_eq!(arp.target_hw_addr(), &[0; 6]);
+    }
+
+    #[test]
+    fn frame_is_an_unsolicited_na_with_the_target_option() {
+        let mac = Mac([2, 0, 0x5e, 1, 3, 0x2a]);
+        let ip: Ipv6Addr = "2001:db8::10".parse().unwrap();
+        let f = frame(mac, ip.into());
+        let p = SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(LinkSlice::Ethernet2(eth)) = &p.link else {
+            panic!("not Ethernet II")
+        };
+        assert_eq!(eth.destination(), [0x33, 0x33, 0, 0, 0, 1]);
+        assert_eq!(eth.source(), mac.0);
+        let Some(etherparse::NetSlice::Ipv6(ip6)) = &p.net else {
+            panic!("not IPv6")
+        };
+        assert_eq!(ip6.header().hop_limit(), 255);
+        assert_eq!(ip6.header().source_addr(), ip);
+        let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &p.transport else {
+            panic!("not ICMPv6")
+        };
+        assert_eq!(icmp.type_u8(), 136);
+        assert_eq!(icmp.bytes5to8(), [0x20, 0, 0, 0], "override, not solicited");
+        let body = icmp.payload();
+        assert_eq!(&body[..16], &ip.octets());
+        assert_eq!(&body[16..18], &[2, 1], "target link-layer option");
+        assert_eq!(&body[18..24], &mac.0);
+        // The checksum verifies over the pseudo-header.
+        let sum = icmp
+            .icmp_type()
+            .calc_checksum(ip.octets(), ip6.header().destination(), body)
+            .unwrap();
+        assert_eq!(sum, icmp.checksum());
     }
 }

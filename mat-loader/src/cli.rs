@@ -85,7 +85,7 @@ fn vm_suffix(vm: &str) -> String {
     }
 }
 
-fn ips(v: &[std::net::Ipv4Addr]) -> String {
+fn ips(v: &[std::net::IpAddr]) -> String {
     if v.is_empty() {
         "-".into()
     } else {

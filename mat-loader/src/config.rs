@@ -88,9 +88,31 @@ pub struct DaemonArgs {
     /// A glob naming VM ports that are not taps, for veth-based set-ups (e.g. 'vm-*').
     #[arg(long, value_name = "GLOB")]
     vm_ports: Option<String>,
+    /// Port security for bindings that do not say otherwise (default on): a bound port may
+    /// only claim its VM's own MAC.
+    #[arg(long, value_enum, value_name = "on|off")]
+    port_security: Option<Switch>,
+    /// DHCPv4 chaddr: keep the VM's MAC and set the broadcast flag (default), or translate it
+    /// (for DHCP snooping that checks Ethernet source == chaddr).
+    #[arg(long, value_enum)]
+    dhcp_chaddr: Option<DhcpChaddr>,
     /// Log format on stderr.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpChaddr {
+    Keep,
+    Translate,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -117,6 +139,8 @@ struct File {
     pin_dir: Option<PathBuf>,
     bridges: Option<Vec<String>>,
     vm_ports: Option<String>,
+    port_security: Option<Switch>,
+    dhcp_chaddr: Option<DhcpChaddr>,
     log_format: Option<LogFormat>,
 }
 
@@ -223,6 +247,8 @@ fn resolve(args: DaemonArgs, socket: Option<PathBuf>) -> Result<Resolved> {
             hold_down,
             bridges,
             vm_ports,
+            port_security: args.port_security.or(file.port_security) != Some(Switch::Off),
+            dhcp_translate: args.dhcp_chaddr.or(file.dhcp_chaddr) == Some(DhcpChaddr::Translate),
         },
         log_format: args
             .log_format

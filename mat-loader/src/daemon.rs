@@ -9,7 +9,7 @@ use std::{
     collections::HashMap,
     io::ErrorKind,
     mem::size_of,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
@@ -32,7 +32,7 @@ use crate::{
         counters::{HOOKS, OUTCOMES},
         event::{Event, EventKind},
     },
-    host::{Attach, Host},
+    host::{self, Attach, Host},
     mac::Mac,
     plan::Plan,
     ports::{self, LinkEvent, Links, VmPorts},
@@ -62,6 +62,10 @@ pub struct Options {
     pub bridges: Vec<String>,
     /// Names of VM ports that are not taps (veth-based set-ups).
     pub vm_ports: Option<glob::Pattern>,
+    /// Port security for bindings that do not say otherwise.
+    pub port_security: bool,
+    /// DHCPv4: translate chaddr rather than keep it and set the broadcast flag.
+    pub dhcp_translate: bool,
 }
 
 struct Ctx {
@@ -100,8 +104,12 @@ pub async fn run(opts: Options) -> Result<()> {
         store,
         dp,
         opts.plan,
-        u64::try_from(opts.hold_down.as_millis()).unwrap_or(u64::MAX),
-        vm_ports,
+        host::Options {
+            hold_ms: u64::try_from(opts.hold_down.as_millis()).unwrap_or(u64::MAX),
+            vm_ports,
+            port_security: opts.port_security,
+            dhcp_translate: opts.dhcp_translate,
+        },
     )?;
     host.reconcile()
         .context("reconciling the data plane with the state")?;
@@ -354,12 +362,14 @@ async fn handle(req: Request, ctx: &Arc<Ctx>) -> Result<Reply, Refusal> {
             vm,
             ips,
             force,
+            port_security,
         } => {
             let attach = Attach {
                 inside: proto::mac(&mac)?,
                 vm: vm.unwrap_or_default(),
                 ips,
                 force,
+                port_security,
                 port,
             };
             let link = link(ctx, &attach.port).await?;
@@ -475,7 +485,8 @@ async fn watch_events(ring: aya::maps::RingBuf<aya::maps::MapData>, ctx: Arc<Ctx
         drop(guard);
         for ev in batch {
             let learned = match ev.kind() {
-                Some(EventKind::Learned) => Some(Ipv4Addr::from(ev.ipv4)),
+                Some(EventKind::Learned) => Some(IpAddr::from(ev.ipv4)),
+                Some(EventKind::Learned6) => Some(IpAddr::from(ev.ipv6)),
                 Some(EventKind::Active) => None,
                 None => continue,
             };

@@ -21,7 +21,7 @@ use aya::{
 };
 use mat_common::{
     counters::{self, Hook, Outcome, HOOKS, OUTCOMES},
-    maps::{self as names, Binding, BindingKey},
+    maps::{self as names, Binding, BindingKey, PortSlot, Settings, PORT_SLOTS, UPLINK_IFINDEX},
     pool::{PoolPrefix, Pools, MAX_POOLS},
     MacAddr,
 };
@@ -49,13 +49,13 @@ impl Dataplane {
     /// nothing touched.
     pub fn open(pin_dir: impl AsRef<Path>) -> Result<Self, Error> {
         let pin_dir = pin_dir.as_ref().to_owned();
-        let found = layout::detect(&pin_dir)?;
+        let older = layout::detect(&pin_dir)?;
         let dir = layout::dir(&pin_dir);
         bpffs::ensure(&dir.join("links"))?;
         let ebpf = EbpfLoader::new().map_pin_path(&dir).load(crate::OBJECT)?;
         let mut dp = Self { ebpf, pin_dir, dir };
-        if found == layout::Found::V1 {
-            layout::migrate_v1(&dp.pin_dir.clone(), &mut dp)?;
+        for old in &older {
+            layout::migrate(old, &mut dp)?;
         }
         Ok(dp)
     }
@@ -200,9 +200,10 @@ impl Dataplane {
             .join(format!("{ifindex}-{}", p.name()))
     }
 
-    /// Binds `inside <-> outside` on a port (or on the uplink with
-    /// [`mat_common::maps::UPLINK_IFINDEX`]). The return path goes in first, so the outside MAC
-    /// works as soon as it can appear on the wire.
+    /// Binds `inside <-> outside` on a port (its slot in the port table, or an overflow entry
+    /// when another port holds the slot), or on the uplink with
+    /// [`mat_common::maps::UPLINK_IFINDEX`] (the hash maps; the return path first, so the
+    /// outside MAC works as soon as it can appear on the wire).
     pub fn bind(
         &mut self,
         ifindex: u32,
@@ -210,52 +211,111 @@ impl Dataplane {
         outside: MacAddr,
         flags: u16,
     ) -> Result<(), Error> {
-        self.bindings_mut(names::TO_VM)?.insert(
-            BindingKey::new(ifindex, outside),
-            Binding::new(inside, 0),
-            0,
-        )?;
-        self.bindings_mut(names::FROM_VM)?.insert(
-            BindingKey::new(ifindex, inside),
-            Binding::new(outside, flags),
-            0,
-        )?;
+        if ifindex == UPLINK_IFINDEX {
+            self.bindings_mut(names::TO_VM)?.insert(
+                BindingKey::new(ifindex, outside),
+                Binding::new(inside, 0),
+                0,
+            )?;
+            self.bindings_mut(names::FROM_VM)?.insert(
+                BindingKey::new(ifindex, inside),
+                Binding::new(outside, flags),
+                0,
+            )?;
+            return Ok(());
+        }
+        self.set_port(PortSlot {
+            ifindex,
+            inside,
+            _pad: [0; 2],
+            binding: Binding::new(outside, flags),
+        })
+    }
+
+    /// Writes a port's slot (or its overflow entry, when another port holds the slot).
+    pub(crate) fn set_port(&mut self, port: PortSlot) -> Result<(), Error> {
+        let slot = port.ifindex % PORT_SLOTS;
+        let held = self.ports()?.get(&slot, 0)?.ifindex;
+        if held == 0 || held == port.ifindex {
+            self.ports_mut()?.set(slot, port, 0)?;
+            ignore_missing(self.overflow_mut()?.remove(&port.ifindex))?;
+        } else {
+            self.overflow_mut()?.insert(port.ifindex, port, 0)?;
+        }
         Ok(())
     }
 
     /// Removes a binding (with what was learned for it); missing entries are not an error.
     pub fn unbind(&mut self, ifindex: u32, inside: MacAddr, outside: MacAddr) -> Result<(), Error> {
-        // aya reports a missing key from `bpf_map_delete_elem` as the syscall's ENOENT.
-        let ignore_missing = |r: Result<(), aya::maps::MapError>| match r {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            r => r,
-        };
-        ignore_missing(
-            self.bindings_mut(names::FROM_VM)?
-                .remove(&BindingKey::new(ifindex, inside)),
-        )?;
-        ignore_missing(
-            self.bindings_mut(names::TO_VM)?
-                .remove(&BindingKey::new(ifindex, outside)),
-        )?;
+        if ifindex == UPLINK_IFINDEX {
+            ignore_missing(
+                self.bindings_mut(names::FROM_VM)?
+                    .remove(&BindingKey::new(ifindex, inside)),
+            )?;
+            ignore_missing(
+                self.bindings_mut(names::TO_VM)?
+                    .remove(&BindingKey::new(ifindex, outside)),
+            )?;
+            return Ok(());
+        }
+        let slot = ifindex % PORT_SLOTS;
+        let held = self.ports()?.get(&slot, 0)?;
+        if held.ifindex == ifindex && held.inside == inside {
+            self.ports_mut()?.set(slot, PortSlot::default(), 0)?;
+        }
+        let overflow = self.overflow()?;
+        if overflow.get(&ifindex, 0).is_ok_and(|p| p.inside == inside) {
+            ignore_missing(self.overflow_mut()?.remove(&ifindex))?;
+        }
         Ok(())
     }
 
-    /// The from-VM bindings: (port, inside) -> outside.
-    pub fn bindings(&self) -> Result<Vec<(BindingKey, Binding)>, Error> {
-        let map: HashMap<_, BindingKey, Binding> = HashMap::try_from(self.map(names::FROM_VM))?;
-        Ok(map.iter().collect::<Result<_, _>>()?)
+    /// Every bound port, from the port table and its overflow.
+    pub fn port_slots(&self) -> Result<Vec<PortSlot>, Error> {
+        let mut out = Vec::new();
+        let ports = self.ports()?;
+        for i in 0..PORT_SLOTS {
+            let p = ports.get(&i, 0)?;
+            if p.ifindex != 0 {
+                out.push(p);
+            }
+        }
+        for entry in self.overflow()?.iter() {
+            out.push(entry?.1);
+        }
+        Ok(out)
     }
 
-    /// The to-VM bindings: (port, outside) -> inside.
+    /// The from-VM bindings: (port, inside) -> outside, ports and uplink alike.
+    pub fn bindings(&self) -> Result<Vec<(BindingKey, Binding)>, Error> {
+        let map: HashMap<_, BindingKey, Binding> = HashMap::try_from(self.map(names::FROM_VM))?;
+        let mut all: Vec<_> = map.iter().collect::<Result<_, _>>()?;
+        all.extend(
+            self.port_slots()?
+                .into_iter()
+                .map(|p| (BindingKey::new(p.ifindex, p.inside), p.binding)),
+        );
+        Ok(all)
+    }
+
+    /// The to-VM bindings: (port, outside) -> inside, ports and uplink alike.
     pub fn reverse_bindings(&self) -> Result<Vec<(BindingKey, Binding)>, Error> {
         let map: HashMap<_, BindingKey, Binding> = HashMap::try_from(self.map(names::TO_VM))?;
-        Ok(map.iter().collect::<Result<_, _>>()?)
+        let mut all: Vec<_> = map.iter().collect::<Result<_, _>>()?;
+        all.extend(self.port_slots()?.into_iter().map(|p| {
+            (
+                BindingKey::new(p.ifindex, p.binding.mac),
+                Binding::new(p.inside, 0),
+            )
+        }));
+        Ok(all)
+    }
+
+    /// Sets the host's data-plane settings (`SETTING_*` flags).
+    pub fn set_settings(&mut self, flags: u32) -> Result<(), Error> {
+        let mut map: Array<_, Settings> = Array::try_from(self.map_mut(names::SETTINGS))?;
+        map.set(0, Settings { flags }, 0)?;
+        Ok(())
     }
 
     /// Sets the outside pools the spoof check drops from VM ports.
@@ -301,12 +361,25 @@ impl Dataplane {
 
     /// The IPv4 address learned for one binding: one lookup.
     pub fn learned_for(&self, ifindex: u32, inside: MacAddr) -> Result<Option<Ipv4Addr>, Error> {
-        let map: HashMap<_, BindingKey, Binding> = HashMap::try_from(self.map(names::FROM_VM))?;
-        match map.get(&BindingKey::new(ifindex, inside), 0) {
-            Ok(b) if b.ipv4 != [0; 4] => Ok(Some(Ipv4Addr::from(b.ipv4))),
-            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let binding = if ifindex == UPLINK_IFINDEX {
+            let map: HashMap<_, BindingKey, Binding> = HashMap::try_from(self.map(names::FROM_VM))?;
+            match map.get(&BindingKey::new(ifindex, inside), 0) {
+                Ok(b) => Some(b),
+                Err(aya::maps::MapError::KeyNotFound) => None,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            let slot = self.ports()?.get(&(ifindex % PORT_SLOTS), 0)?;
+            let slot = if slot.ifindex == ifindex {
+                Some(slot)
+            } else {
+                self.overflow()?.get(&ifindex, 0).ok()
+            };
+            slot.filter(|p| p.inside == inside).map(|p| p.binding)
+        };
+        Ok(binding
+            .filter(|b| b.ipv4 != [0; 4])
+            .map(|b| Ipv4Addr::from(b.ipv4)))
     }
 
     /// The event ring buffer; one consumer at a time.
@@ -335,6 +408,22 @@ impl Dataplane {
         std::fs::remove_dir(&self.dir)?;
         std::fs::remove_dir(&self.pin_dir)?;
         Ok(())
+    }
+
+    fn ports(&self) -> Result<Array<&MapData, PortSlot>, Error> {
+        Ok(Array::try_from(self.map(names::PORTS))?)
+    }
+
+    fn ports_mut(&mut self) -> Result<Array<&mut MapData, PortSlot>, Error> {
+        Ok(Array::try_from(self.map_mut(names::PORTS))?)
+    }
+
+    fn overflow(&self) -> Result<HashMap<&MapData, u32, PortSlot>, Error> {
+        Ok(HashMap::try_from(self.map(names::PORT_OVERFLOW))?)
+    }
+
+    fn overflow_mut(&mut self) -> Result<HashMap<&mut MapData, u32, PortSlot>, Error> {
+        Ok(HashMap::try_from(self.map_mut(names::PORT_OVERFLOW))?)
     }
 
     fn bindings_mut(
@@ -391,6 +480,20 @@ impl Counters {
             .map(|(h, o)| (h, o, self.get(h, o)))
             .filter(|&(_, _, v)| v != 0)
             .collect()
+    }
+}
+
+/// A removal that found nothing to remove is not an error (aya reports a missing key from
+/// `bpf_map_delete_elem` as the syscall's ENOENT).
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        r => r,
     }
 }
 

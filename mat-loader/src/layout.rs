@@ -1,12 +1,15 @@
-//! The pinned data plane's layout version, and the migration from the layout before it.
+//! The pinned data plane's layout version, and the migration from the layouts before it.
 //!
 //! Each layout ([`LAYOUT`]) is pinned in a directory of its own, `<pin dir>/v<N>/` (its maps, and
 //! `links/` with one pinned link per attached program). Layout 1, of the first release, had no
-//! version: its maps and `links/` sat directly in the pin directory. A loader that finds layout 1
-//! migrates it without stopping translation: the new maps are created, the old entries copied
-//! into them, every pinned link switched to the new program atomically (`BPF_LINK_UPDATE`), and
-//! only then the old pins removed. A layout it does not know (a newer release's, say) is refused
-//! before anything is touched.
+//! version: its maps and `links/` sat directly in the pin directory. Layout 2 put the same maps
+//! under `v2/`. Layout 3 keeps port bindings in a port table (one slot per port) instead of the
+//! hash maps, adds ND and DHCP counters and the settings map, and grows the binding value.
+//!
+//! A loader that finds an older layout migrates it without stopping translation: the new maps
+//! are created, the old entries converted into them, every pinned link switched to the new
+//! program atomically (`BPF_LINK_UPDATE`), and only then the old pins removed. A layout it does
+//! not know (a newer release's, say) is refused before anything is touched.
 
 use std::path::{Path, PathBuf};
 
@@ -20,21 +23,34 @@ use aya::{
     },
 };
 use mat_common::{
-    counters::ENTRIES,
-    maps::{self as names, Binding, BindingKey, LAYOUT},
+    counters::{ENTRIES, OUTCOMES},
+    maps::{self as names, Binding, BindingKey, PortSlot, LAYOUT, UPLINK_IFINDEX},
     pool::Pools,
 };
 use tracing::info;
 
 use crate::{program::Hookpoint, Dataplane, Error, Program};
 
-/// What a pin directory holds.
+/// The binding value of layouts 1 and 2.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct BindingV2 {
+    mac: [u8; 6],
+    flags: u16,
+    ipv4: [u8; 4],
+}
+
+// SAFETY: plain repr(C) data with no implicit padding.
+unsafe impl aya::Pod for BindingV2 {}
+
+/// Outcomes per hook in the counter map of layouts 1 and 2.
+const OUTCOMES_V2: u32 = 6;
+
+/// An older layout found in a pin directory: its version and the directory of its pins.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Found {
-    /// Nothing yet, or this layout only.
-    Current,
-    /// Layout 1's pins (maybe beside a half-made current layout, after a crash mid-migration).
-    V1,
+pub struct Older {
+    pub version: u32,
+    pub dir: PathBuf,
 }
 
 /// The directory of this layout's pins.
@@ -42,65 +58,111 @@ pub fn dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(format!("v{LAYOUT}"))
 }
 
-/// Reads which layouts `pin_dir` holds; refuses one this loader does not know.
-pub fn detect(pin_dir: &Path) -> Result<Found, Error> {
+/// The older layouts `pin_dir` holds (oldest first), beside this one maybe (after a crash
+/// mid-migration); refuses a layout this loader does not know.
+pub fn detect(pin_dir: &Path) -> Result<Vec<Older>, Error> {
     let Ok(entries) = std::fs::read_dir(pin_dir) else {
-        return Ok(Found::Current);
+        return Ok(Vec::new());
     };
-    let mut found = Found::Current;
+    let mut older = Vec::new();
     for entry in entries {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
         if name == names::FROM_VM {
-            found = Found::V1;
+            older.push(Older {
+                version: 1,
+                dir: pin_dir.to_owned(),
+            });
         } else if let Some(v) = name.strip_prefix('v').and_then(|v| v.parse::<u32>().ok()) {
-            if v != LAYOUT {
-                return Err(Error::Layout {
-                    pin_dir: pin_dir.to_owned(),
-                    found: v,
-                });
+            match v {
+                2 => older.push(Older {
+                    version: 2,
+                    dir: pin_dir.join(&*name),
+                }),
+                LAYOUT => {}
+                _ => {
+                    return Err(Error::Layout {
+                        pin_dir: pin_dir.to_owned(),
+                        found: v,
+                    })
+                }
             }
         }
     }
-    Ok(found)
+    older.sort_by_key(|o| o.version);
+    Ok(older)
 }
 
-/// Moves layout 1's entries and links under `pin_dir` onto `dp` (loaded with this layout), then
-/// removes layout 1's pins. Safe to run again after a crash at any point.
-pub fn migrate_v1(pin_dir: &Path, dp: &mut Dataplane) -> Result<(), Error> {
-    let old = |name: &str| MapData::from_pin(pin_dir.join(name));
-    // Entries first, so that every program sees them before it runs.
-    for name in [names::FROM_VM, names::TO_VM] {
-        let from: HashMap<MapData, BindingKey, Binding> =
-            HashMap::try_from(Map::HashMap(old(name)?))?;
-        let mut to: HashMap<&mut MapData, BindingKey, Binding> =
-            HashMap::try_from(dp.map_mut(name))?;
-        let mut copied = 0;
-        for entry in from.iter() {
-            let (k, v) = entry?;
-            to.insert(k, v, 0)?;
-            copied += 1;
+/// Moves an older layout's entries and links onto `dp` (loaded with this layout), then removes
+/// the older pins. Safe to run again after a crash at any point.
+pub fn migrate(old: &Older, dp: &mut Dataplane) -> Result<(), Error> {
+    let map = |name: &str| MapData::from_pin(old.dir.join(name));
+    // Entries first, so that every program sees them before it runs. Port bindings go into the
+    // port table, uplink ones into the hash maps.
+    let from: HashMap<MapData, BindingKey, BindingV2> =
+        HashMap::try_from(Map::HashMap(map(names::FROM_VM)?))?;
+    let mut copied = 0;
+    for entry in from.iter() {
+        let (k, v) = entry?;
+        let binding = Binding {
+            ipv4: v.ipv4,
+            ..Binding::new(v.mac, v.flags)
+        };
+        if k.ifindex == UPLINK_IFINDEX {
+            let mut to: HashMap<&mut MapData, BindingKey, Binding> =
+                HashMap::try_from(dp.map_mut(names::FROM_VM))?;
+            to.insert(k, binding, 0)?;
+        } else {
+            dp.set_port(PortSlot {
+                ifindex: k.ifindex,
+                inside: k.mac,
+                _pad: [0; 2],
+                binding,
+            })?;
         }
-        info!(map = name, copied, "layout 1 entries copied");
+        copied += 1;
     }
-    let pools: Array<MapData, Pools> = Array::try_from(Map::Array(old(names::POOLS)?))?;
+    let reverse: HashMap<MapData, BindingKey, BindingV2> =
+        HashMap::try_from(Map::HashMap(map(names::TO_VM)?))?;
+    for entry in reverse.iter() {
+        let (k, v) = entry?;
+        if k.ifindex == UPLINK_IFINDEX {
+            let mut to: HashMap<&mut MapData, BindingKey, Binding> =
+                HashMap::try_from(dp.map_mut(names::TO_VM))?;
+            to.insert(k, Binding::new(v.mac, v.flags), 0)?;
+        }
+    }
+    info!(
+        version = old.version,
+        copied, "bindings copied from the older layout"
+    );
+    let pools: Array<MapData, Pools> = Array::try_from(Map::Array(map(names::POOLS)?))?;
     Array::<&mut MapData, Pools>::try_from(dp.map_mut(names::POOLS))?.set(
         0,
         pools.get(&0, 0)?,
         0,
     )?;
+    // Counters: the same hooks, with the outcomes this layout added after the old ones.
     let counters: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(Map::PerCpuArray(old(names::COUNTERS)?))?;
+        PerCpuArray::try_from(Map::PerCpuArray(map(names::COUNTERS)?))?;
     let mut new_counters: PerCpuArray<&mut MapData, u64> =
         PerCpuArray::try_from(dp.map_mut(names::COUNTERS))?;
-    for i in 0..ENTRIES {
-        let old: Vec<u64> = counters.get(&i, 0)?.iter().copied().collect();
-        let now = new_counters.get(&i, 0)?;
-        let sum: Vec<u64> = old.iter().zip(now.iter()).map(|(a, b)| a + b).collect();
-        new_counters.set(i, PerCpuValues::try_from(sum)?, 0)?;
+    let hooks = ENTRIES / OUTCOMES.len() as u32;
+    for hook in 0..hooks {
+        for outcome in 0..OUTCOMES_V2 {
+            let old_counts = counters.get(&(hook * OUTCOMES_V2 + outcome), 0)?;
+            let i = hook * OUTCOMES.len() as u32 + outcome;
+            let now = new_counters.get(&i, 0)?;
+            let sum: Vec<u64> = old_counts
+                .iter()
+                .zip(now.iter())
+                .map(|(a, b)| a + b)
+                .collect();
+            new_counters.set(i, PerCpuValues::try_from(sum)?, 0)?;
+        }
     }
     // Then every link, switched to this layout's program in one step each.
-    let old_links = pin_dir.join("links");
+    let old_links = old.dir.join("links");
     if let Ok(entries) = std::fs::read_dir(&old_links) {
         for entry in entries {
             let path = entry?.path();
@@ -125,7 +187,7 @@ pub fn migrate_v1(pin_dir: &Path, dp: &mut Dataplane) -> Result<(), Error> {
         }
         std::fs::remove_dir(&old_links)?;
     }
-    // Layout 1's maps go last: the old programs are detached, nothing uses them any more.
+    // The older maps go last: the old programs are detached, nothing uses them any more.
     for name in [
         names::FROM_VM,
         names::TO_VM,
@@ -133,12 +195,15 @@ pub fn migrate_v1(pin_dir: &Path, dp: &mut Dataplane) -> Result<(), Error> {
         names::COUNTERS,
         names::EVENTS,
     ] {
-        match std::fs::remove_file(pin_dir.join(name)) {
+        match std::fs::remove_file(old.dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
         }
     }
-    info!(pin_dir = %pin_dir.display(), "data plane migrated from layout 1 to {LAYOUT}");
+    if old.version > 1 {
+        std::fs::remove_dir(&old.dir)?;
+    }
+    info!(dir = %old.dir.display(), "data plane migrated from layout {} to {LAYOUT}", old.version);
     Ok(())
 }
 

@@ -162,7 +162,7 @@ fn attach_request(dom: &Domain, bridges: &[String]) -> Result<Option<Request>> {
         ports.push(VmPort {
             port: tap.clone(),
             mac: i.mac.to_string(),
-            ips: i.ipv4.clone(),
+            ips: i.ips.clone(),
         });
     }
     Ok((!ports.is_empty()).then(|| Request::AttachVm {

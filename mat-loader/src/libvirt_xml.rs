@@ -1,6 +1,6 @@
 //! What MAT reads from a libvirt domain XML (as libvirt hands it to its qemu hook): the domain's
 //! UUID and name, and each `<interface>`: its type, guest MAC, tap (`<target dev>`), bridge,
-//! network, alias, and the IPv4 addresses MAT's own metadata gives for it.
+//! network, alias, and the IPv4 and IPv6 addresses MAT's own metadata gives for it.
 //!
 //! The bridge is `<source bridge=...>`: on `type='bridge'` it is there in every XML; on
 //! `type='network'` libvirt adds it only to the live XML (from `start` on), where it also
@@ -18,6 +18,7 @@
 //!     <mat:interface mac="52:54:00:aa:00:01">
 //!       <mat:ipv4 address="198.51.100.2"/>
 //!       <mat:ipv4 address="198.51.100.3"/>
+//!       <mat:ipv6 address="2001:db8::3"/>
 //!     </mat:interface>
 //!     <mat:interface mac="52:54:00:aa:00:02" translate="no"/>
 //!   </mat:vm>
@@ -31,7 +32,7 @@
 //! learns from the guest's own ARP are announced too; the metadata is for what must be announced
 //! before the guest speaks.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use roxmltree::{Document, Node};
 
@@ -63,8 +64,8 @@ pub struct Interface {
     pub bridge: Option<String>,
     pub network: Option<String>,
     pub alias: Option<String>,
-    /// From MAT's metadata.
-    pub ipv4: Vec<Ipv4Addr>,
+    /// From MAT's metadata: `<mat:ipv4>` and `<mat:ipv6>` addresses.
+    pub ips: Vec<IpAddr>,
     /// False when MAT's metadata says `translate="no"`.
     pub translate: bool,
 }
@@ -178,7 +179,7 @@ fn interface(index: usize, node: Node) -> Result<Interface, XmlError> {
         bridge: attr("source", "bridge"),
         network: attr("source", "network"),
         alias: attr("alias", "name"),
-        ipv4: Vec::new(),
+        ips: Vec::new(),
         translate: true,
     })
 }
@@ -202,7 +203,7 @@ fn metadata(vm: Node, dom: &mut Domain) -> Result<(), XmlError> {
         }
         match node.tag_name().name() {
             // Applied once every <interface> has said whether it is translated.
-            "ipv4" => domain_wide.push(ipv4(node)?),
+            "ipv4" | "ipv6" => domain_wide.push(address(node)?),
             "interface" => {
                 let mac: Mac = node
                     .attribute("mac")
@@ -220,7 +221,7 @@ fn metadata(vm: Node, dom: &mut Domain) -> Result<(), XmlError> {
                 };
                 let mut ips = Vec::new();
                 for ip in node.children().filter(Node::is_element) {
-                    if ip.tag_name().name() != "ipv4"
+                    if !["ipv4", "ipv6"].contains(&ip.tag_name().name())
                         || ip.tag_name().namespace() != Some(NAMESPACE)
                     {
                         return Err(bad(format!(
@@ -228,7 +229,7 @@ fn metadata(vm: Node, dom: &mut Domain) -> Result<(), XmlError> {
                             ip.tag_name().name()
                         )));
                     }
-                    ips.push(ipv4(ip)?);
+                    ips.push(address(ip)?);
                 }
                 let iface = dom
                     .interfaces
@@ -236,7 +237,7 @@ fn metadata(vm: Node, dom: &mut Domain) -> Result<(), XmlError> {
                     .find(|i| i.mac == mac)
                     .ok_or_else(|| bad(format!("the domain has no interface with MAC {mac}")))?;
                 iface.translate = translate;
-                iface.ipv4.extend(ips);
+                iface.ips.extend(ips);
             }
             other => return Err(bad(format!("unknown element <{other}>"))),
         }
@@ -244,34 +245,38 @@ fn metadata(vm: Node, dom: &mut Domain) -> Result<(), XmlError> {
     for ip in domain_wide {
         let mut translated = dom.interfaces.iter_mut().filter(|i| i.translated());
         match (translated.next(), translated.next()) {
-            (Some(only), None) => only.ipv4.push(ip),
+            (Some(only), None) => only.ips.push(ip),
             (None, _) => {
                 return Err(bad(format!(
-                    "<ipv4 address=\"{ip}\"/> but the domain has no translated interface"
+                    "address {ip} but the domain has no translated interface"
                 )))
             }
             (Some(_), Some(_)) => {
                 return Err(bad(format!(
-                    "<ipv4 address=\"{ip}\"/> directly under <vm>, but the domain has several \
-                     translated interfaces: put it in <interface mac=...>"
+                    "address {ip} directly under <vm>, but the domain has several translated \
+                     interfaces: put it in <interface mac=...>"
                 )))
             }
         }
     }
     for iface in &mut dom.interfaces {
-        iface.ipv4.sort_unstable();
-        iface.ipv4.dedup();
+        iface.ips.sort_unstable();
+        iface.ips.dedup();
     }
     Ok(())
 }
 
-fn ipv4(node: Node) -> Result<Ipv4Addr, XmlError> {
+/// The address of an `<ipv4>` or `<ipv6>` element.
+fn address(node: Node) -> Result<IpAddr, XmlError> {
+    let kind = node.tag_name().name();
     let raw = node
         .attribute("address")
-        .ok_or_else(|| XmlError::Metadata("<ipv4> without address=".into()))?;
-    let ip: Ipv4Addr = raw
-        .parse()
-        .map_err(|_| XmlError::Metadata(format!("{raw:?} is not an IPv4 address")))?;
+        .ok_or_else(|| XmlError::Metadata(format!("<{kind}> without address=")))?;
+    let ip: IpAddr = match kind {
+        "ipv4" => raw.parse::<Ipv4Addr>().map(IpAddr::V4).ok(),
+        _ => raw.parse::<Ipv6Addr>().map(IpAddr::V6).ok(),
+    }
+    .ok_or_else(|| XmlError::Metadata(format!("{raw:?} is not an {kind} address")))?;
     if !crate::announce::announceable(ip) {
         return Err(XmlError::Metadata(format!(
             "{ip} cannot be a VM's own address"
@@ -327,14 +332,14 @@ mod tests {
         assert_eq!(a.bridge.as_deref(), Some("mxbrA"));
         assert_eq!(a.network, None);
         assert_eq!(a.alias.as_deref(), Some("net0"));
-        assert_eq!(a.ipv4, vec![Ipv4Addr::new(198, 51, 100, 2)]);
+        assert_eq!(a.ips, vec![IpAddr::from([198, 51, 100, 2])]);
         // A bridged network: live XML has type='bridge', the network and its bridge.
         assert_eq!(b.kind, "bridge");
         assert_eq!(b.tap.as_deref(), Some("vnet1"));
         assert_eq!(b.bridge.as_deref(), Some("mxbrB"));
         assert_eq!(b.network.as_deref(), Some("matnet"));
         assert_eq!(b.alias.as_deref(), Some("net1"));
-        assert!(b.ipv4.is_empty());
+        assert!(b.ips.is_empty());
         assert!(a.translated() && b.translated());
     }
 
@@ -377,7 +382,7 @@ mod tests {
         assert_eq!(i.mac, mac("52:54:00:aa:00:03"));
         assert_eq!(i.network.as_deref(), Some("matnet"));
         assert!(i.tap.is_some() && i.bridge.is_some());
-        assert!(i.ipv4.is_empty());
+        assert!(i.ips.is_empty());
         assert_eq!(
             identity(&fixture("one-nic.release.xml")).unwrap(),
             ("matg2".to_owned(), d.uuid.clone())
@@ -408,8 +413,11 @@ mod tests {
         .unwrap();
         assert!(!d.interfaces[0].translated());
         assert_eq!(
-            d.interfaces[1].ipv4,
-            [Ipv4Addr::new(203, 0, 113, 8), Ipv4Addr::new(203, 0, 113, 9)]
+            d.interfaces[1].ips,
+            [
+                IpAddr::from([203, 0, 113, 8]),
+                IpAddr::from([203, 0, 113, 9])
+            ]
         );
         // Domain-level addresses need exactly one translated interface.
         let one = with_metadata(
@@ -417,7 +425,19 @@ mod tests {
                <m:interface mac="52:54:00:aa:00:01" translate="no"/></m:vm>"#,
         )
         .unwrap();
-        assert_eq!(one.interfaces[1].ipv4, [Ipv4Addr::new(192, 0, 2, 7)]);
+        assert_eq!(one.interfaces[1].ips, [IpAddr::from([192, 0, 2, 7])]);
+        let six = with_metadata(
+            r#"<m:vm xmlns:m="urn:x-mat:libvirt:1"><m:interface mac="52:54:00:aa:00:01">
+                 <m:ipv6 address="2001:db8::7"/><m:ipv4 address="192.0.2.7"/></m:interface></m:vm>"#,
+        )
+        .unwrap();
+        assert_eq!(
+            six.interfaces[0].ips,
+            [
+                IpAddr::from([192, 0, 2, 7]),
+                "2001:db8::7".parse::<IpAddr>().unwrap()
+            ]
+        );
     }
 
     #[test]

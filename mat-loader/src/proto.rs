@@ -22,7 +22,8 @@
 //! ```
 //!
 //! `attach` also takes `"force": true` for a port that is not a tap or a veth (see
-//! [`crate::ports::VmPorts`]).
+//! [`crate::ports::VmPorts`]), and `"port_security": false` for a guest that sends from other
+//! MACs (a nested bridge). `ips` holds IPv4 and IPv6 addresses.
 //!
 //! A reply is `{"ok": RESULT}` or `{"error": {"code": CODE, "message": TEXT}}`. Results:
 //!
@@ -49,7 +50,7 @@
 //! Field names and codes are stable; new fields may be added to results (clients ignore what
 //! they do not know), never to requests without a new `op` or an optional field.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -75,9 +76,13 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         vm: Option<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        ips: Vec<Ipv4Addr>,
+        ips: Vec<IpAddr>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         force: bool,
+        /// `false`: this port may claim other MACs (a guest that bridges); default: the
+        /// daemon's setting.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port_security: Option<bool>,
     },
     Detach {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,7 +122,7 @@ pub struct VmPort {
     pub mac: String,
     /// Addresses to announce once the VM runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ips: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
 }
 
 /// Parses one request line: a JSON object with a known `op` and only its fields, each once.
@@ -145,6 +150,7 @@ impl VmPort {
             vm: vm.to_owned(),
             ips: self.ips.clone(),
             force: false,
+            port_security: None,
         })
     }
 }
@@ -212,8 +218,9 @@ mod tests {
                 port: "tap0".into(),
                 mac: "52:54:00:00:00:01".into(),
                 vm: None,
-                ips: vec![Ipv4Addr::new(192, 0, 2, 1)],
+                ips: vec![IpAddr::from([192, 0, 2, 1])],
                 force: false,
+                port_security: None,
             }
         );
         assert_eq!(parse(r#"{"op":"list"}"#).unwrap(), Request::List {});
@@ -236,7 +243,7 @@ mod tests {
         };
         assert_eq!(vm, "1a1a2041-d18d-483e-a1b9-5f57ceffe17d");
         assert_eq!(ports.len(), 2);
-        assert_eq!(ports[0].ips, [Ipv4Addr::new(192, 0, 2, 1)]);
+        assert_eq!(ports[0].ips, [IpAddr::from([192, 0, 2, 1])]);
         assert!(ports[1].ips.is_empty());
         assert_eq!(parse(&serde_json::to_string(&r).unwrap()).unwrap(), r);
         for bad in [

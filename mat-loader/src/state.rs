@@ -3,7 +3,7 @@
 //! against the state, the store makes them durable in one transaction, then the state and the
 //! maps apply them. Each change can be undone ([`State::revert`]) if the maps refuse it.
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{collections::HashSet, net::IpAddr};
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -45,8 +45,11 @@ pub struct Binding {
     pub vm: String,
     pub inside: Mac,
     pub outside: Mac,
-    /// IPv4 addresses the caller gave.
-    pub ips: Vec<Ipv4Addr>,
+    /// Addresses the caller gave (IPv4 and IPv6).
+    pub ips: Vec<IpAddr>,
+    /// The port may only claim the inside MAC (see the data plane's port security).
+    #[serde(default = "yes")]
+    pub port_security: bool,
     /// When it was bound, in seconds since the Unix epoch.
     pub since: u64,
 }
@@ -100,6 +103,10 @@ impl Change {
             Change::NextFresh { from, to } => Change::NextFresh { from: to, to: from },
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl State {
@@ -222,6 +229,7 @@ mod tests {
             outside: s.plan.mac_at(0),
             ips: vec![],
             since: 0,
+            port_security: true,
         });
         s.check().unwrap();
         let r = s
@@ -257,6 +265,7 @@ mod tests {
             outside,
             ips: vec![],
             since: 0,
+            port_security: true,
         };
         let before = s.clone();
         let changes = [

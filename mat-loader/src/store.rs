@@ -8,7 +8,7 @@
 
 use std::{
     fs::{self, DirBuilder, File, OpenOptions},
-    net::Ipv4Addr,
+    net::IpAddr,
     os::{
         fd::AsRawFd,
         unix::fs::{DirBuilderExt, OpenOptionsExt},
@@ -31,8 +31,8 @@ const DB: &str = "state.db";
 const LEGACY: &str = "state.json";
 const IMPORTED: &str = "state.json.imported";
 const LOCK: &str = "lock";
-/// The database's own schema version (`PRAGMA user_version`).
-const SCHEMA: i64 = 1;
+/// The database's own schema version (`PRAGMA user_version`): 2 added `port_security`.
+const SCHEMA: i64 = 2;
 
 const CREATE: &str = "
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -44,7 +44,8 @@ const CREATE: &str = "
         inside TEXT NOT NULL UNIQUE,
         outside TEXT NOT NULL UNIQUE,
         ips TEXT NOT NULL,
-        since INTEGER NOT NULL
+        since INTEGER NOT NULL,
+        port_security INTEGER NOT NULL DEFAULT 1
     ) STRICT;
     CREATE TABLE released (
         seq INTEGER PRIMARY KEY,
@@ -98,7 +99,8 @@ impl Store {
         &self.dir
     }
 
-    /// Creates the tables on first start, with the legacy `state.json` in them when there is one.
+    /// Creates the tables on first start, with the legacy `state.json` in them when there is one;
+    /// brings an older schema up to date.
     fn migrate(&mut self) -> Result<()> {
         let version: i64 = self.db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let legacy = self.dir.join(LEGACY);
@@ -130,6 +132,14 @@ impl Store {
                         "imported the state of an earlier release"
                     );
                 }
+            }
+            1 => {
+                let tx = self.db.transaction()?;
+                tx.execute_batch(
+                    "ALTER TABLE bindings ADD COLUMN port_security INTEGER NOT NULL DEFAULT 1",
+                )?;
+                tx.pragma_update(None, "user_version", SCHEMA)?;
+                tx.commit().context("upgrading the state database")?;
             }
             SCHEMA => {}
             v => bail!(
@@ -264,8 +274,8 @@ fn write_change(tx: &Connection, c: &Change) -> Result<()> {
             )?
         }
         Change::Bind(b) => tx.execute(
-            "INSERT INTO bindings (ifindex, port, vm, inside, outside, ips, since)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO bindings (ifindex, port, vm, inside, outside, ips, since, port_security)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 b.ifindex,
                 b.port,
@@ -273,7 +283,8 @@ fn write_change(tx: &Connection, c: &Change) -> Result<()> {
                 b.inside.to_string(),
                 b.outside.to_string(),
                 serde_json::to_string(&b.ips)?,
-                b.since
+                b.since,
+                b.port_security
             ],
         )?,
         Change::Unbind(b) => tx.execute(
@@ -333,7 +344,8 @@ fn read_state(db: &Connection) -> Result<Option<State>> {
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let bindings = db
         .prepare(
-            "SELECT ifindex, port, vm, inside, outside, ips, since FROM bindings ORDER BY ifindex",
+            "SELECT ifindex, port, vm, inside, outside, ips, since, port_security FROM bindings
+             ORDER BY ifindex",
         )?
         .query_map([], |r| {
             let ips: String = r.get(5)?;
@@ -343,9 +355,10 @@ fn read_state(db: &Connection) -> Result<Option<State>> {
                 vm: r.get(2)?,
                 inside: mac(r.get(3)?)?,
                 outside: mac(r.get(4)?)?,
-                ips: serde_json::from_str::<Vec<Ipv4Addr>>(&ips)
+                ips: serde_json::from_str::<Vec<IpAddr>>(&ips)
                     .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
                 since: r.get(6)?,
+                port_security: r.get(7)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -414,7 +427,8 @@ mod tests {
                 vm: "web".into(),
                 inside,
                 outside,
-                ips: vec![Ipv4Addr::new(192, 0, 2, 10)],
+                ips: vec![IpAddr::from([192, 0, 2, 10])],
+                port_security: true,
                 since: 1,
             }),
         ];

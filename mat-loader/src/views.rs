@@ -1,6 +1,6 @@
 //! What the host answers: typed results, with the field names the protocol carries them under.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,9 +15,11 @@ pub struct BindingView {
     pub inside: Mac,
     pub outside: Mac,
     /// Addresses the caller gave.
-    pub ips: Vec<Ipv4Addr>,
-    /// The address the data plane learned from the VM's own ARP, if any.
-    pub learned: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
+    /// Addresses learned from the VM's own ARP (the latest IPv4) and ND (IPv6).
+    pub learned: Vec<IpAddr>,
+    /// Whether the port may only claim its inside MAC.
+    pub port_security: bool,
     /// Seconds since the Unix epoch, and the same as RFC 3339.
     pub since: u64,
     pub since_rfc3339: String,

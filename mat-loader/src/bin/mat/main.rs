@@ -2,7 +2,7 @@
 //! the state on disk; the other subcommands talk to it over its control socket. Everything here
 //! is argument parsing: the work is in the `mat_loader` library.
 
-use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use mat_loader::{
@@ -40,12 +40,16 @@ enum Command {
         /// The VM's name: with the MAC, it identifies the VM port across re-attachments.
         #[arg(long)]
         vm: Option<String>,
-        /// An IPv4 address of the VM, announced with gratuitous ARP (repeatable).
-        #[arg(long = "ip", value_name = "IPV4")]
-        ips: Vec<Ipv4Addr>,
+        /// An address of the VM, announced with gratuitous ARP (IPv4) or an unsolicited Neighbor
+        /// Advertisement (IPv6); repeatable.
+        #[arg(long = "ip", value_name = "IP")]
+        ips: Vec<IpAddr>,
         /// Accept a port that is not a tap or a veth (never a bridge or a managed bridge's uplink).
         #[arg(long)]
         force: bool,
+        /// Let this port send from MACs other than the VM's own (a guest that bridges).
+        #[arg(long)]
+        no_port_security: bool,
         #[arg(long)]
         json: bool,
     },
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
             vm,
             ips,
             force,
+            no_port_security,
             json,
         } => cli::run(
             &client_socket(),
@@ -140,6 +145,7 @@ fn main() -> ExitCode {
                 vm,
                 ips,
                 force,
+                port_security: no_port_security.then_some(false),
             },
             json,
             cli::attach_text,

@@ -7,10 +7,14 @@
 //! [`Host::reconcile`] corrects the maps to the state on disk.
 
 use std::{
-    collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
     time::{SystemTime, UNIX_EPOCH},
 };
+
+mod events;
+mod lifecycle;
+mod report;
 
 use anyhow::{Context, Result};
 use tracing::{info, warn};
@@ -19,20 +23,17 @@ use crate::{
     alloc::{Released, Source},
     announce::{self, Announce},
     common::{
-        maps::{BindingKey, BINDING_ANNOUNCE, UPLINK_IFINDEX},
+        maps::{BINDING_ANNOUNCE, BINDING_PORT_SECURITY, SETTING_DHCP_TRANSLATE},
         pool::PoolPrefix,
     },
     mac::Mac,
-    plan::{Plan, Route},
+    plan::Plan,
     ports::{self, LinkInfo, VmPorts},
     refusal::{Code, Refusal},
     state::{Binding, Change, Port, State},
     store::Store,
-    views::{
-        AttachView, AttachVmView, BindingView, BoundView, DetachView, FreeView, HeldView, ListView,
-        PlanView,
-    },
-    Counters, Dataplane, Mode, Program,
+    views::{AttachView, AttachVmView, BindingView, DetachView},
+    Dataplane, Mode, Program,
 };
 
 /// Bind a VM's inside MAC on a port.
@@ -42,11 +43,28 @@ pub struct Attach {
     pub inside: Mac,
     /// The VM's name ("" for none): with the inside MAC, it names the VM port across attaches.
     pub vm: String,
-    /// Addresses to announce from the outside MAC.
-    pub ips: Vec<Ipv4Addr>,
+    /// Addresses to announce from the outside MAC (IPv4 and IPv6).
+    pub ips: Vec<IpAddr>,
     /// Accept a port that does not look like a VM port (not a tap or veth).
     pub force: bool,
+    /// Whether the port may only claim the inside MAC (`None`: the host's default).
+    pub port_security: Option<bool>,
 }
+
+/// How a host runs, beside its plan.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long a released outside MAC is held before reuse, in milliseconds.
+    pub hold_ms: u64,
+    pub vm_ports: VmPorts,
+    /// Port security for bindings that do not say otherwise.
+    pub port_security: bool,
+    /// DHCPv4: translate chaddr rather than keep it and set the broadcast flag.
+    pub dhcp_translate: bool,
+}
+
+/// IPv6 addresses learned per binding from the VM's own ND, most recent last.
+const LEARNED6_MAX: usize = 8;
 
 /// Which bindings to release: every filter given must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,6 +89,10 @@ pub struct Host {
     state: State,
     hold_ms: u64,
     vm_ports: VmPorts,
+    port_security: bool,
+    /// IPv6 addresses the VMs claimed in their own ND, by (port, inside MAC): the data plane
+    /// reports them once each; they are announced again when the VM runs after a migration.
+    learned6: HashMap<(u32, Mac), Vec<Ipv6Addr>>,
     /// VMs claiming addresses given to others, for the warning.
     conflicts: announce::Quieted,
 }
@@ -79,6 +101,15 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The data-plane flags of a binding: `extra` and its port security.
+fn flags(b: &Binding, extra: u16) -> u16 {
+    if b.port_security {
+        extra | BINDING_PORT_SECURITY
+    } else {
+        extra
+    }
 }
 
 /// Whether two plans hand out the same MACs (VLANs do not matter to allocation).
@@ -93,13 +124,7 @@ fn unknown_port(port: &str) -> Refusal {
 
 impl Host {
     /// Loads the state (or starts one) for `plan`, and takes the data plane.
-    pub fn open(
-        mut store: Store,
-        mut dp: Dataplane,
-        plan: Plan,
-        hold_ms: u64,
-        vm_ports: VmPorts,
-    ) -> Result<Self> {
+    pub fn open(mut store: Store, mut dp: Dataplane, plan: Plan, opts: Options) -> Result<Self> {
         let state = match store.load()? {
             None => {
                 let s = State::new(plan);
@@ -137,12 +162,20 @@ impl Host {
         let pool = state.plan.pool;
         dp.set_pools(&[PoolPrefix::new(pool.mac.0, pool.len)])
             .context("setting the outside pool")?;
+        dp.set_settings(if opts.dhcp_translate {
+            SETTING_DHCP_TRANSLATE
+        } else {
+            0
+        })
+        .context("setting the data plane's DHCP mode")?;
         Ok(Self {
             dp,
             store,
             state,
-            hold_ms,
-            vm_ports,
+            hold_ms: opts.hold_ms,
+            vm_ports: opts.vm_ports,
+            port_security: opts.port_security,
+            learned6: HashMap::new(),
             conflicts: announce::Quieted::default(),
         })
     }
@@ -163,9 +196,15 @@ impl Host {
             let done = match c {
                 Change::Bind(b) => self
                     .dp
-                    .bind(b.ifindex, b.inside.0, b.outside.0, BINDING_ANNOUNCE)
+                    .bind(
+                        b.ifindex,
+                        b.inside.0,
+                        b.outside.0,
+                        flags(b, BINDING_ANNOUNCE),
+                    )
                     .map_err(|e| format!("binding {} on {} in the maps: {e}", b.inside, b.port)),
                 Change::Unbind(b) => {
+                    self.learned6.remove(&(b.ifindex, b.inside));
                     // The disk no longer has it; a failure here is corrected by reconcile.
                     if let Err(e) = self.dp.unbind(b.ifindex, b.inside.0, b.outside.0) {
                         warn!(port = b.port, error = %e, "removing a binding from the maps");
@@ -187,7 +226,9 @@ impl Host {
         let inverse: Vec<Change> = done.iter().rev().map(Change::inverse).collect();
         for c in &inverse {
             let r = match c {
-                Change::Bind(b) => self.dp.bind(b.ifindex, b.inside.0, b.outside.0, 0),
+                Change::Bind(b) => self
+                    .dp
+                    .bind(b.ifindex, b.inside.0, b.outside.0, flags(b, 0)),
                 Change::Unbind(b) => self.dp.unbind(b.ifindex, b.inside.0, b.outside.0),
                 _ => Ok(()),
             };
@@ -201,103 +242,6 @@ impl Host {
         for c in done.iter().rev() {
             self.state.revert(c);
         }
-    }
-
-    /// Brings everything in line with the state on disk: ports that went away while no daemon ran
-    /// are released, programs attached where needed and removed where not, and the maps
-    /// corrected entry by entry (entries already right are not touched, so forwarding never
-    /// stops).
-    pub fn reconcile(&mut self) -> Result<()> {
-        for p in self.vanished_ports() {
-            self.port_gone(&p, "missing at start")
-                .map_err(|r| anyhow::anyhow!("{r}"))?;
-        }
-        for p in self.state.ports.clone() {
-            // One port that cannot take the programs (another mode on it, say) must not keep the
-            // daemon, and every other port, from running.
-            if let Err(e) = self.dp.attach(&p.name, Mode::Port) {
-                warn!(port = p.name, error = %e, "attaching the programs at start");
-            }
-        }
-        let ours: HashSet<u32> = self.state.ports.iter().map(|p| p.ifindex).collect();
-        let mut stray: Vec<u32> = self
-            .dp
-            .links()?
-            .into_iter()
-            .filter(|&(i, p)| !ours.contains(&i) && p.on_port())
-            .map(|(i, _)| i)
-            .collect();
-        stray.sort_unstable();
-        stray.dedup();
-        for i in stray {
-            info!(
-                ifindex = i,
-                "detaching from a port that is not in the state"
-            );
-            self.dp.detach(i)?;
-        }
-        self.fix_maps()
-    }
-
-    /// Corrects the binding maps to the state.
-    fn fix_maps(&mut self) -> Result<()> {
-        let from: HashMap<(u32, Mac), Mac> = self
-            .state
-            .bindings
-            .iter()
-            .map(|b| ((b.ifindex, b.inside), b.outside))
-            .collect();
-        let to: HashMap<(u32, Mac), Mac> = self
-            .state
-            .bindings
-            .iter()
-            .map(|b| ((b.ifindex, b.outside), b.inside))
-            .collect();
-        let mut removed = 0;
-        let mut have_from = HashMap::new();
-        for (k, v) in self.dp.bindings()? {
-            if k.ifindex == UPLINK_IFINDEX {
-                continue;
-            }
-            if from.get(&(k.ifindex, Mac(k.mac))) == Some(&Mac(v.mac)) {
-                have_from.insert(k, Mac(v.mac));
-            } else {
-                self.dp.unbind(k.ifindex, k.mac, v.mac)?;
-                removed += 1;
-            }
-        }
-        let mut have_to = HashMap::new();
-        for (k, v) in self.dp.reverse_bindings()? {
-            if k.ifindex == UPLINK_IFINDEX {
-                continue;
-            }
-            if to.get(&(k.ifindex, Mac(k.mac))) == Some(&Mac(v.mac)) {
-                have_to.insert(k, Mac(v.mac));
-            } else {
-                self.dp.unbind(k.ifindex, v.mac, k.mac)?;
-                have_from.remove(&BindingKey::new(k.ifindex, v.mac));
-                removed += 1;
-            }
-        }
-        let mut added = 0;
-        for b in &self.state.bindings {
-            let ok_from =
-                have_from.get(&BindingKey::new(b.ifindex, b.inside.0)) == Some(&b.outside);
-            let ok_to = have_to.get(&BindingKey::new(b.ifindex, b.outside.0)) == Some(&b.inside);
-            if !(ok_from && ok_to) {
-                self.dp
-                    .bind(b.ifindex, b.inside.0, b.outside.0, BINDING_ANNOUNCE)?;
-                added += 1;
-            }
-        }
-        info!(
-            bindings = self.state.bindings.len(),
-            ports = self.state.ports.len(),
-            removed,
-            added,
-            "maps reconciled with the state"
-        );
-        Ok(())
     }
 
     /// The changes that release `bindings` into hold-down, in this order.
@@ -331,121 +275,6 @@ impl Host {
         let mut changes = Self::release(state, &bound, now);
         changes.push(Change::RemovePort(port.clone()));
         changes
-    }
-
-    /// A port is gone: its bindings go into hold-down, its links are unpinned, the port is
-    /// forgotten. The one place that decides what a vanished port means.
-    fn port_gone(&mut self, port: &Port, why: &str) -> Result<(), Refusal> {
-        let changes = Self::forget_port(&self.state, port, now_ms());
-        let released = changes.len() - 1;
-        self.commit(changes)?;
-        if let Err(e) = self.dp.detach(port.ifindex) {
-            warn!(port = port.name, error = %e, "unpinning the links of a vanished port");
-        }
-        warn!(
-            port = port.name,
-            ifindex = port.ifindex,
-            released = released / 2,
-            why,
-            "port went away; its bindings are released into hold-down"
-        );
-        Ok(())
-    }
-
-    /// The kernel reported the link `ifindex` removed (or leaving its bridge): if the interface
-    /// is really gone, its port is released.
-    pub fn link_removed(&mut self, ifindex: u32) -> Result<(), Refusal> {
-        let Some(p) = self
-            .state
-            .ports
-            .iter()
-            .find(|p| p.ifindex == ifindex)
-            .cloned()
-        else {
-            return Ok(());
-        };
-        match ports::ifname(p.ifindex) {
-            ports::Lookup::Gone => self.port_gone(&p, "link removed"),
-            ports::Lookup::Found(name) if name != p.name => self.port_gone(&p, "link replaced"),
-            _ => Ok(()),
-        }
-    }
-
-    /// A link was added or changed: follow a rename of a port, and put the programs on a new VM
-    /// port of a managed bridge at once, so that the spoof check guards it from its first frame
-    /// and its attach only writes a transaction and map entries.
-    pub fn link_changed(&mut self, link: &LinkInfo) -> Result<(), Refusal> {
-        if let Some(old) = self
-            .state
-            .ports
-            .iter()
-            .find(|p| p.ifindex == link.ifindex && p.name != link.name)
-            .map(|p| p.name.clone())
-        {
-            if ports::ifname(link.ifindex) != ports::Lookup::Found(link.name.clone()) {
-                return Ok(());
-            }
-            self.commit(vec![Change::RenamePort {
-                ifindex: link.ifindex,
-                from: old.clone(),
-                to: link.name.clone(),
-            }])?;
-            info!(ifindex = link.ifindex, old, new = link.name, "port renamed");
-            return Ok(());
-        }
-        if self.vm_ports.managed(link)
-            && !self.state.ports.iter().any(|p| p.ifindex == link.ifindex)
-        {
-            self.add_port(&link.name, link.ifindex)?;
-            info!(
-                port = link.name,
-                ifindex = link.ifindex,
-                "guarding a new port of a managed bridge"
-            );
-        }
-        Ok(())
-    }
-
-    /// Attaches the programs to a port and records it (the programs first: a port in the state
-    /// always has them).
-    fn add_port(&mut self, name: &str, ifindex: u32) -> Result<(), Refusal> {
-        self.dp
-            .attach(name, Mode::Port)
-            .map_err(|e| Refusal::internal(format!("attaching the programs to {name}: {e}")))?;
-        let r = self.commit(vec![Change::AddPort(Port {
-            name: name.to_owned(),
-            ifindex,
-        })]);
-        if r.is_err() {
-            let _ = self.dp.detach(ifindex);
-        }
-        r
-    }
-
-    /// Ports in the state whose interface is gone (an error looking one up is not "gone").
-    fn vanished_ports(&self) -> Vec<Port> {
-        self.state
-            .ports
-            .iter()
-            .filter(|p| match ports::ifname(p.ifindex) {
-                ports::Lookup::Gone => true,
-                ports::Lookup::Found(name) => name != p.name,
-                ports::Lookup::Unknown(e) => {
-                    warn!(port = p.name, error = %e, "cannot tell whether a port still exists");
-                    false
-                }
-            })
-            .cloned()
-            .collect()
-    }
-
-    /// Releases the bindings of ports whose interface is gone (events can be lost).
-    pub fn resync(&mut self) {
-        for p in self.vanished_ports() {
-            if let Err(e) = self.port_gone(&p, "found missing") {
-                warn!(port = p.name, error = %e, "releasing a vanished port");
-            }
-        }
     }
 
     /// Refuses MACs that cannot be a VM's own.
@@ -526,6 +355,7 @@ impl Host {
             outside,
             ips: req.ips.clone(),
             since: now / 1000,
+            port_security: req.port_security.unwrap_or(self.port_security),
         };
         changes.push(Change::Bind(binding.clone()));
         Ok((changes, binding, source))
@@ -789,208 +619,6 @@ impl Host {
         info!(port, ifindex, "programs taken off the port");
         Ok(())
     }
-
-    fn view(&self, b: &Binding, learned: Option<&HashMap<(u32, Mac), Ipv4Addr>>) -> BindingView {
-        let since = UNIX_EPOCH + std::time::Duration::from_secs(b.since);
-        let learned = match learned {
-            Some(all) => all.get(&(b.ifindex, b.inside)).copied(),
-            None => self.dp.learned_for(b.ifindex, b.inside.0).ok().flatten(),
-        };
-        BindingView {
-            vm: b.vm.clone(),
-            port: b.port.clone(),
-            ifindex: b.ifindex,
-            inside: b.inside,
-            outside: b.outside,
-            ips: b.ips.clone(),
-            learned: learned.into_iter().collect(),
-            since: b.since,
-            since_rfc3339: humantime::format_rfc3339_seconds(since).to_string(),
-        }
-    }
-
-    pub fn list(&self) -> ListView {
-        let learned: HashMap<(u32, Mac), Ipv4Addr> = self
-            .dp
-            .learned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, ip)| ((k.ifindex, Mac(k.mac)), ip))
-            .collect();
-        let mut bindings: Vec<BindingView> = self
-            .state
-            .bindings
-            .iter()
-            .map(|b| self.view(b, Some(&learned)))
-            .collect();
-        bindings.sort_by(|a, b| (&a.port, a.inside).cmp(&(&b.port, b.inside)));
-        ListView { bindings }
-    }
-
-    pub fn plan(&self) -> PlanView {
-        let p = &self.state.plan;
-        let now = now_ms();
-        let a = &self.state.alloc;
-        let mut bound: Vec<BoundView> = self
-            .state
-            .bindings
-            .iter()
-            .map(|b| BoundView {
-                outside: b.outside,
-                vm: b.vm.clone(),
-                port: b.port.clone(),
-                inside: b.inside,
-            })
-            .collect();
-        bound.sort_by_key(|b| b.outside);
-        let held: Vec<HeldView> = a
-            .held(now, self.hold_ms)
-            .map(|r| HeldView {
-                outside: r.outside,
-                vm: r.vm.clone(),
-                inside: r.inside,
-                released_ms: r.at_ms,
-                remaining_ms: r.at_ms + self.hold_ms - now,
-            })
-            .collect();
-        let reusable: Vec<Mac> = a.expired(now, self.hold_ms).map(|r| r.outside).collect();
-        let fresh = p.capacity() - a.next_fresh;
-        let ranges = match fresh {
-            0 => vec![],
-            1 => vec![p.mac_at(a.next_fresh).to_string()],
-            _ => vec![format!(
-                "{}-{}",
-                p.mac_at(a.next_fresh),
-                p.mac_at(p.capacity() - 1)
-            )],
-        };
-        let next = if fresh > 0 {
-            Some(p.mac_at(a.next_fresh))
-        } else {
-            reusable.first().copied()
-        };
-        PlanView {
-            pool: p.pool.to_string(),
-            host_pool: p.host_pool().to_string(),
-            rack_route: p.rack_route().to_string(),
-            rack: p.rack,
-            host: p.host,
-            rack_bits: p.rack_bits,
-            host_bits: p.host_bits,
-            vm_bits: p.vm_bits(),
-            capacity: p.capacity(),
-            hold_down_ms: self.hold_ms,
-            bound,
-            held,
-            free: FreeView {
-                count: fresh + reusable.len() as u64,
-                ranges,
-                reusable,
-                next,
-            },
-        }
-    }
-
-    pub fn routes(&self) -> Vec<Route> {
-        self.state.plan.routes()
-    }
-
-    /// The data plane's counters.
-    pub fn counters(&self) -> Result<Counters, crate::Error> {
-        self.dp.counters()
-    }
-
-    /// The managed ports with their programs and binding counts.
-    pub fn ports(&self) -> Vec<PortState> {
-        self.state
-            .ports
-            .iter()
-            .map(|p| PortState {
-                name: p.name.clone(),
-                ifindex: p.ifindex,
-                programs: self.dp.attached(p.ifindex),
-                bindings: self
-                    .state
-                    .bindings
-                    .iter()
-                    .filter(|b| b.ifindex == p.ifindex)
-                    .count(),
-            })
-            .collect()
-    }
-
-    pub fn host_pool(&self) -> String {
-        self.state.plan.host_pool().to_string()
-    }
-
-    pub fn binding_count(&self) -> usize {
-        self.state.bindings.len()
-    }
-
-    /// What to announce for a data-plane event about (port, inside MAC), if it is bound: the
-    /// learned address, or (on the VM's first frame) every address it has. A learned address
-    /// that is not unicast, or that another binding was given, is not announced (and the conflict
-    /// logged, at most once per [`announce::WARN_EVERY`] per binding).
-    pub fn on_event(
-        &mut self,
-        ifindex: u32,
-        inside: Mac,
-        learned: Option<Ipv4Addr>,
-    ) -> Option<Announce> {
-        let b = self
-            .state
-            .bindings
-            .iter()
-            .find(|b| b.ifindex == ifindex && b.inside == inside)?;
-        let ips = match learned {
-            Some(ip) => {
-                if !announce::announceable(ip) {
-                    return None;
-                }
-                if let Some(owner) = self
-                    .state
-                    .bindings
-                    .iter()
-                    .find(|o| o.ifindex != ifindex && o.ips.contains(&ip))
-                {
-                    if let Some(claims) = self.conflicts.hit(b.outside, std::time::Instant::now()) {
-                        warn!(%ip, port = b.port, vm = b.vm, owner_port = owner.port,
-                              owner_vm = owner.vm, claims,
-                              "a VM claims an address given to another: not announced");
-                    }
-                    return None;
-                }
-                vec![ip]
-            }
-            None => {
-                let mut ips = b.ips.clone();
-                ips.extend(
-                    self.dp
-                        .learned_for(ifindex, inside.0)
-                        .ok()
-                        .flatten()
-                        .filter(|&ip| announce::announceable(ip)),
-                );
-                ips.sort_unstable();
-                ips.dedup();
-                ips
-            }
-        };
-        (!ips.is_empty()).then_some(Announce {
-            ifindex,
-            outside: b.outside,
-            ips,
-            learned: learned.is_some(),
-        })
-    }
-
-    /// Whether `outside` is still bound on `ifindex` (an announcement stops when it is not).
-    pub fn is_bound(&self, ifindex: u32, outside: Mac) -> bool {
-        self.state
-            .bindings
-            .iter()
-            .any(|b| b.ifindex == ifindex && b.outside == outside)
-    }
 }
 
 fn vm_suffix(vm: &str) -> String {
@@ -1012,7 +640,7 @@ fn check_vm_name(vm: &str) -> Result<(), Refusal> {
 }
 
 /// The given addresses, sorted and deduplicated; refused unless every one can be announced.
-fn checked_ips(ips: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>, Refusal> {
+fn checked_ips(ips: &[IpAddr]) -> Result<Vec<IpAddr>, Refusal> {
     if let Some(ip) = ips.iter().find(|&&ip| !announce::announceable(ip)) {
         return Err(Refusal::new(
             Code::InvalidIp,

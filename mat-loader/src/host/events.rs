@@ -1,0 +1,96 @@
+//! The data plane's events (addresses the VMs claim, a VM's first frame) turned into
+//! announcements.
+
+use std::net::IpAddr;
+
+use tracing::warn;
+
+use super::{Host, LEARNED6_MAX};
+use crate::{
+    announce::{self, Announce},
+    mac::Mac,
+};
+
+impl Host {
+    /// What to announce for a data-plane event about (port, inside MAC), if it is bound: the
+    /// learned address, or (on the VM's first frame) every address it has. A learned address
+    /// that is not unicast, or that another binding was given, is not announced (and the conflict
+    /// logged, at most once per [`announce::WARN_EVERY`] per binding). Learned IPv6 addresses are
+    /// kept (the latest [`LEARNED6_MAX`]) for `mat list` and the next announcement.
+    pub fn on_event(
+        &mut self,
+        ifindex: u32,
+        inside: Mac,
+        learned: Option<IpAddr>,
+    ) -> Option<Announce> {
+        let b = self
+            .state
+            .bindings
+            .iter()
+            .find(|b| b.ifindex == ifindex && b.inside == inside)?;
+        let ips = match learned {
+            Some(ip) => {
+                if !announce::announceable(ip) {
+                    return None;
+                }
+                if let Some(owner) = self
+                    .state
+                    .bindings
+                    .iter()
+                    .find(|o| o.ifindex != ifindex && o.ips.contains(&ip))
+                {
+                    if let Some(claims) = self.conflicts.hit(b.outside, std::time::Instant::now()) {
+                        warn!(%ip, port = b.port, vm = b.vm, owner_port = owner.port,
+                              owner_vm = owner.vm, claims,
+                              "a VM claims an address given to another: not announced");
+                    }
+                    return None;
+                }
+                if let IpAddr::V6(v6) = ip {
+                    let known = self.learned6.entry((ifindex, inside)).or_default();
+                    known.retain(|&k| k != v6);
+                    known.push(v6);
+                    if known.len() > LEARNED6_MAX {
+                        known.remove(0);
+                    }
+                }
+                vec![ip]
+            }
+            None => {
+                let mut ips = b.ips.clone();
+                ips.extend(
+                    self.dp
+                        .learned_for(ifindex, inside.0)
+                        .ok()
+                        .flatten()
+                        .map(IpAddr::V4)
+                        .filter(|&ip| announce::announceable(ip)),
+                );
+                ips.extend(
+                    self.learned6
+                        .get(&(ifindex, inside))
+                        .into_iter()
+                        .flatten()
+                        .map(|&ip| IpAddr::V6(ip)),
+                );
+                ips.sort_unstable();
+                ips.dedup();
+                ips
+            }
+        };
+        (!ips.is_empty()).then_some(Announce {
+            ifindex,
+            outside: b.outside,
+            ips,
+            learned: learned.is_some(),
+        })
+    }
+
+    /// Whether `outside` is still bound on `ifindex` (an announcement stops when it is not).
+    pub fn is_bound(&self, ifindex: u32, outside: Mac) -> bool {
+        self.state
+            .bindings
+            .iter()
+            .any(|b| b.ifindex == ifindex && b.outside == outside)
+    }
+}

@@ -1,0 +1,237 @@
+//! The host's ports over their lifetime: reconciling the pinned data plane with the state at start, and the one
+//! policy for a port that appears, is renamed or disappears (on a link event, on the periodic
+//! check, or found missing at start).
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::Result;
+use tracing::{info, warn};
+
+use super::{flags, now_ms, Host};
+use crate::{
+    common::maps::{BindingKey, BINDING_ANNOUNCE, BINDING_PORT_SECURITY, UPLINK_IFINDEX},
+    mac::Mac,
+    ports::{self, LinkInfo},
+    refusal::Refusal,
+    state::{Change, Port},
+    Mode,
+};
+
+impl Host {
+    /// Brings everything in line with the state on disk: ports that went away while no daemon ran
+    /// are released, programs attached where needed and removed where not, and the maps
+    /// corrected entry by entry (entries already right are not touched, so forwarding never
+    /// stops).
+    pub fn reconcile(&mut self) -> Result<()> {
+        for p in self.vanished_ports() {
+            self.port_gone(&p, "missing at start")
+                .map_err(|r| anyhow::anyhow!("{r}"))?;
+        }
+        for p in self.state.ports.clone() {
+            // One port that cannot take the programs (another mode on it, say) must not keep the
+            // daemon, and every other port, from running.
+            if let Err(e) = self.dp.attach(&p.name, Mode::Port) {
+                warn!(port = p.name, error = %e, "attaching the programs at start");
+            }
+        }
+        let ours: HashSet<u32> = self.state.ports.iter().map(|p| p.ifindex).collect();
+        let mut stray: Vec<u32> = self
+            .dp
+            .links()?
+            .into_iter()
+            .filter(|&(i, p)| !ours.contains(&i) && p.on_port())
+            .map(|(i, _)| i)
+            .collect();
+        stray.sort_unstable();
+        stray.dedup();
+        for i in stray {
+            info!(
+                ifindex = i,
+                "detaching from a port that is not in the state"
+            );
+            self.dp.detach(i)?;
+        }
+        self.fix_maps()
+    }
+
+    /// Corrects the binding maps to the state (outside MAC and port security).
+    fn fix_maps(&mut self) -> Result<()> {
+        let from: HashMap<(u32, Mac), (Mac, bool)> = self
+            .state
+            .bindings
+            .iter()
+            .map(|b| ((b.ifindex, b.inside), (b.outside, b.port_security)))
+            .collect();
+        let to: HashMap<(u32, Mac), Mac> = self
+            .state
+            .bindings
+            .iter()
+            .map(|b| ((b.ifindex, b.outside), b.inside))
+            .collect();
+        let mut removed = 0;
+        let mut have_from = HashMap::new();
+        for (k, v) in self.dp.bindings()? {
+            if k.ifindex == UPLINK_IFINDEX {
+                continue;
+            }
+            let secured = v.flags & BINDING_PORT_SECURITY != 0;
+            if from.get(&(k.ifindex, Mac(k.mac))) == Some(&(Mac(v.mac), secured)) {
+                have_from.insert(k, Mac(v.mac));
+            } else {
+                self.dp.unbind(k.ifindex, k.mac, v.mac)?;
+                removed += 1;
+            }
+        }
+        let mut have_to = HashMap::new();
+        for (k, v) in self.dp.reverse_bindings()? {
+            if k.ifindex == UPLINK_IFINDEX {
+                continue;
+            }
+            if to.get(&(k.ifindex, Mac(k.mac))) == Some(&Mac(v.mac)) {
+                have_to.insert(k, Mac(v.mac));
+            } else {
+                self.dp.unbind(k.ifindex, v.mac, k.mac)?;
+                have_from.remove(&BindingKey::new(k.ifindex, v.mac));
+                removed += 1;
+            }
+        }
+        let mut added = 0;
+        for b in &self.state.bindings {
+            let ok_from =
+                have_from.get(&BindingKey::new(b.ifindex, b.inside.0)) == Some(&b.outside);
+            let ok_to = have_to.get(&BindingKey::new(b.ifindex, b.outside.0)) == Some(&b.inside);
+            if !(ok_from && ok_to) {
+                self.dp.bind(
+                    b.ifindex,
+                    b.inside.0,
+                    b.outside.0,
+                    flags(b, BINDING_ANNOUNCE),
+                )?;
+                added += 1;
+            }
+        }
+        info!(
+            bindings = self.state.bindings.len(),
+            ports = self.state.ports.len(),
+            removed,
+            added,
+            "maps reconciled with the state"
+        );
+        Ok(())
+    }
+
+    /// A port is gone: its bindings go into hold-down, its links are unpinned, the port is
+    /// forgotten. The one place that decides what a vanished port means.
+    fn port_gone(&mut self, port: &Port, why: &str) -> Result<(), Refusal> {
+        let changes = Self::forget_port(&self.state, port, now_ms());
+        let released = changes.len() - 1;
+        self.commit(changes)?;
+        if let Err(e) = self.dp.detach(port.ifindex) {
+            warn!(port = port.name, error = %e, "unpinning the links of a vanished port");
+        }
+        warn!(
+            port = port.name,
+            ifindex = port.ifindex,
+            released = released / 2,
+            why,
+            "port went away; its bindings are released into hold-down"
+        );
+        Ok(())
+    }
+
+    /// The kernel reported the link `ifindex` removed (or leaving its bridge): if the interface
+    /// is really gone, its port is released.
+    pub fn link_removed(&mut self, ifindex: u32) -> Result<(), Refusal> {
+        let Some(p) = self
+            .state
+            .ports
+            .iter()
+            .find(|p| p.ifindex == ifindex)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        match ports::ifname(p.ifindex) {
+            ports::Lookup::Gone => self.port_gone(&p, "link removed"),
+            ports::Lookup::Found(name) if name != p.name => self.port_gone(&p, "link replaced"),
+            _ => Ok(()),
+        }
+    }
+
+    /// A link was added or changed: follow a rename of a port, and put the programs on a new VM
+    /// port of a managed bridge at once, so that the spoof check guards it from its first frame
+    /// and its attach only writes a transaction and map entries.
+    pub fn link_changed(&mut self, link: &LinkInfo) -> Result<(), Refusal> {
+        if let Some(old) = self
+            .state
+            .ports
+            .iter()
+            .find(|p| p.ifindex == link.ifindex && p.name != link.name)
+            .map(|p| p.name.clone())
+        {
+            if ports::ifname(link.ifindex) != ports::Lookup::Found(link.name.clone()) {
+                return Ok(());
+            }
+            self.commit(vec![Change::RenamePort {
+                ifindex: link.ifindex,
+                from: old.clone(),
+                to: link.name.clone(),
+            }])?;
+            info!(ifindex = link.ifindex, old, new = link.name, "port renamed");
+            return Ok(());
+        }
+        if self.vm_ports.managed(link)
+            && !self.state.ports.iter().any(|p| p.ifindex == link.ifindex)
+        {
+            self.add_port(&link.name, link.ifindex)?;
+            info!(
+                port = link.name,
+                ifindex = link.ifindex,
+                "guarding a new port of a managed bridge"
+            );
+        }
+        Ok(())
+    }
+
+    /// Attaches the programs to a port and records it (the programs first: a port in the state
+    /// always has them).
+    fn add_port(&mut self, name: &str, ifindex: u32) -> Result<(), Refusal> {
+        self.dp
+            .attach(name, Mode::Port)
+            .map_err(|e| Refusal::internal(format!("attaching the programs to {name}: {e}")))?;
+        let r = self.commit(vec![Change::AddPort(Port {
+            name: name.to_owned(),
+            ifindex,
+        })]);
+        if r.is_err() {
+            let _ = self.dp.detach(ifindex);
+        }
+        r
+    }
+
+    /// Ports in the state whose interface is gone (an error looking one up is not "gone").
+    fn vanished_ports(&self) -> Vec<Port> {
+        self.state
+            .ports
+            .iter()
+            .filter(|p| match ports::ifname(p.ifindex) {
+                ports::Lookup::Gone => true,
+                ports::Lookup::Found(name) => name != p.name,
+                ports::Lookup::Unknown(e) => {
+                    warn!(port = p.name, error = %e, "cannot tell whether a port still exists");
+                    false
+                }
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Releases the bindings of ports whose interface is gone (events can be lost).
+    pub fn resync(&mut self) {
+        for p in self.vanished_ports() {
+            if let Err(e) = self.port_gone(&p, "found missing") {
+                warn!(port = p.name, error = %e, "releasing a vanished port");
+            }
+        }
+    }
+}

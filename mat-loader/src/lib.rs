@@ -8,6 +8,7 @@ mod dataplane;
 mod error;
 mod layout;
 mod program;
+mod ringbuf;
 pub mod test_run;
 
 pub mod alloc;
@@ -32,6 +33,7 @@ pub use dataplane::{Counters, Dataplane, PinLock};
 pub use error::Error;
 pub use mat_common as common;
 pub use program::{Mode, Program};
+pub use ringbuf::EventRing;
 
 /// Where the data plane pins its maps and links unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mat";

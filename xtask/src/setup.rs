@@ -20,6 +20,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "/usr/sbin/nft"),
     ("iptables", "/usr/sbin/ebtables-nft"),
     ("ethtool", "/usr/sbin/ethtool"),
+    // The DHCP tests: a real server beyond the uplink and a real client in the VM (busybox's
+    // udhcpc). dnsmasq-base is the binary alone: no service is installed or started.
+    ("dnsmasq-base", "/usr/sbin/dnsmasq"),
+    ("udhcpc", "/usr/sbin/udhcpc"),
 ];
 
 pub fn run() -> Result<()> {

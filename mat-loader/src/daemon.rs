@@ -96,7 +96,9 @@ pub async fn run(opts: Options) -> Result<()> {
     let listener = listen(&opts.socket)?;
     let mut dp = Dataplane::open(&opts.pin_dir)
         .with_context(|| format!("opening the data plane under {}", opts.pin_dir.display()))?;
-    let ring = dp.take_events().context("taking the event ring buffer")?;
+    let ring = dp
+        .take_event_ring()
+        .context("taking the event ring buffer")?;
     // Subscribe before reconciling, so that a port removed in between is seen.
     let link_events = ports::events()?;
     let vm_ports = VmPorts::new(opts.bridges.clone(), opts.vm_ports.clone());
@@ -454,7 +456,7 @@ async fn stats(ctx: &Arc<Ctx>) -> Result<StatsView> {
 
 /// The data plane's ring buffer: addresses learned from VMs' ARP, and VMs running for the first
 /// time since their attach. Both lead to announcements.
-async fn watch_events(ring: aya::maps::RingBuf<aya::maps::MapData>, ctx: Arc<Ctx>) {
+async fn watch_events(ring: crate::EventRing, ctx: Arc<Ctx>) {
     // SAFETY: the ring buffer owns its descriptor, which stays open as long as the AsyncFd that
     // owns the ring buffer.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
@@ -475,13 +477,12 @@ async fn watch_events(ring: aya::maps::RingBuf<aya::maps::MapData>, ctx: Arc<Ctx
         // Clear first: an event arriving while we drain makes it ready again.
         guard.clear_ready();
         let mut batch = Vec::new();
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
+        guard.get_inner_mut().drain(|item| {
             if item.len() >= size_of::<Event>() {
                 // SAFETY: the item holds at least one Event, a plain repr(C) type; unaligned read.
                 batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
             }
-        }
+        });
         drop(guard);
         for ev in batch {
             let learned = match ev.kind() {

@@ -8,6 +8,7 @@ mod dataplane;
 mod error;
 mod layout;
 mod program;
+mod ringbuf;
 mod systemd;
 pub mod test_run;
 
@@ -35,6 +36,7 @@ pub use dataplane::{Counters, Dataplane, PinLock};
 pub use error::Error;
 pub use mat_common as common;
 pub use program::{Mode, Program};
+pub use ringbuf::EventRing;
 
 /// Where the data plane pins its maps and links unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = paths::PIN_DIR;

@@ -7,6 +7,7 @@
 use std::{
     io,
     mem::{size_of, MaybeUninit},
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -16,12 +17,13 @@ use std::{
     time::Duration,
 };
 
-use etherparse::{EtherType, SlicedPacket};
+use etherparse::{EtherType, LaxNetSlice, NetSlice, SlicedPacket, TransportSlice};
 
 use crate::{frames::Mac, netns::Netns};
 
-/// Bytes kept of each frame: every header the tests look at.
-pub const SNAPLEN: usize = 256;
+/// Bytes kept of each frame: every header the tests look at (a DHCP message's first options
+/// included).
+pub const SNAPLEN: usize = 384;
 
 // From <linux/if_packet.h>, defined here so as not to depend on where libc exports them.
 const PACKET_AUXDATA: libc::c_int = 8;
@@ -102,13 +104,17 @@ impl Captured {
     }
 }
 
-/// The hardware addresses a frame carries: Ethernet source and destination and, for an
-/// Ethernet/IPv4 ARP or RARP body after any VLAN tags, the sender and target hardware addresses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// The hardware addresses a frame carries: Ethernet source and destination and, after any VLAN
+/// tags, the sender and target hardware addresses of an Ethernet/IPv4 ARP or RARP body, the
+/// link-layer address options of an IPv6 Neighbor Discovery message, and a DHCPv4 message's
+/// client hardware address.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Addrs {
     pub dst: Mac,
     pub src: Mac,
     pub arp: Option<ArpAddrs>,
+    pub nd: Option<NdAddrs>,
+    pub dhcp: Option<DhcpAddrs>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +126,66 @@ pub struct ArpAddrs {
     pub tpa: [u8; 4],
 }
 
+/// ICMPv6 types of Neighbor Discovery.
+pub const ND_RS: u8 = 133;
+pub const ND_RA: u8 = 134;
+pub const ND_NS: u8 = 135;
+pub const ND_NA: u8 = 136;
+pub const ND_REDIRECT: u8 = 137;
+/// Link-layer address option types.
+pub const ND_SOURCE_LL: u8 = 1;
+pub const ND_TARGET_LL: u8 = 2;
+/// NA flags (the first byte after the ICMPv6 header).
+pub const NA_ROUTER: u8 = 0x80;
+pub const NA_SOLICITED: u8 = 0x40;
+pub const NA_OVERRIDE: u8 = 0x20;
+
+/// An IPv6 Neighbor Discovery message (RS, RA, NS, NA, Redirect).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NdAddrs {
+    /// The ICMPv6 type, [`ND_RS`] to [`ND_REDIRECT`].
+    pub kind: u8,
+    pub src_ip: Ipv6Addr,
+    pub dst_ip: Ipv6Addr,
+    /// The IPv6 hop limit (255 for every genuine ND message).
+    pub hop_limit: u8,
+    /// NS, NA and Redirect: the target address.
+    pub target: Option<Ipv6Addr>,
+    /// The byte after the ICMPv6 header (NA: router, solicited and override flags).
+    pub flags: u8,
+    /// Every Ethernet link-layer address option (type [`ND_SOURCE_LL`] or [`ND_TARGET_LL`],
+    /// length 1), in order.
+    pub options: Vec<(u8, Mac)>,
+    /// The ICMPv6 checksum is right (`None` when the capture holds only part of the message).
+    pub checksum_ok: Option<bool>,
+}
+
+impl NdAddrs {
+    /// The MAC of the first option of type `kind`.
+    pub fn option(&self, kind: u8) -> Option<Mac> {
+        self.options
+            .iter()
+            .find_map(|&(k, mac)| (k == kind).then_some(mac))
+    }
+}
+
+/// A DHCPv4 (BOOTP) message over UDP 67/68.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DhcpAddrs {
+    /// 1 request, 2 reply.
+    pub op: u8,
+    pub xid: u32,
+    /// The flags field (broadcast: 0x8000).
+    pub flags: u16,
+    pub yiaddr: Ipv4Addr,
+    /// The first 6 bytes of chaddr.
+    pub chaddr: Mac,
+    /// The DHCP message type (option 53), if present.
+    pub msg_type: Option<u8>,
+    /// The client identifier (option 61) when it is an Ethernet address (type 1, 6 bytes).
+    pub client_id: Option<Mac>,
+}
+
 impl Addrs {
     /// Parses a frame with etherparse; fields it cannot read stay zero / `None`.
     pub fn parse(frame: &[u8]) -> Addrs {
@@ -129,14 +195,20 @@ impl Addrs {
             a.src.copy_from_slice(&frame[6..12]);
         }
         a.arp = arp_addrs(frame);
+        a.nd = nd_addrs(frame);
+        a.dhcp = dhcp_addrs(frame);
         a
     }
 
-    /// Every hardware address in the frame: dst, src, and ARP sha and tha.
+    /// Every hardware address in the frame that MAT translates: dst, src, ARP sha and tha, and
+    /// ND link-layer options (not DHCP's chaddr: by default it stays the VM's own MAC).
     pub fn all(&self) -> Vec<Mac> {
         let mut v = vec![self.dst, self.src];
         if let Some(arp) = self.arp {
             v.extend([arp.sha, arp.tha]);
+        }
+        if let Some(nd) = &self.nd {
+            v.extend(nd.options.iter().map(|&(_, mac)| mac));
         }
         v
     }
@@ -167,6 +239,143 @@ fn arp_addrs(frame: &[u8]) -> Option<ArpAddrs> {
         spa: arp.sender_protocol_addr().try_into().ok()?,
         tha: arp.target_hw_addr().try_into().ok()?,
         tpa: arp.target_protocol_addr().try_into().ok()?,
+    })
+}
+
+fn nd_addrs(frame: &[u8]) -> Option<NdAddrs> {
+    let sliced = SlicedPacket::from_ethernet(frame).ok();
+    let (src, dst, hop_limit, icmp, complete) = match &sliced {
+        Some(s) => {
+            let Some(NetSlice::Ipv6(ip)) = &s.net else {
+                return None;
+            };
+            let Some(TransportSlice::Icmpv6(icmp)) = &s.transport else {
+                return None;
+            };
+            (
+                ip.header().source(),
+                ip.header().destination(),
+                ip.header().hop_limit(),
+                icmp.slice(),
+                true,
+            )
+        }
+        // Cut short by the snap length: read what is there.
+        None => {
+            let lax = etherparse::LaxSlicedPacket::from_ethernet(frame).ok()?;
+            let Some(LaxNetSlice::Ipv6(ip)) = &lax.net else {
+                return None;
+            };
+            let payload = ip.payload();
+            if payload.ip_number != etherparse::IpNumber::IPV6_ICMP || payload.fragmented {
+                return None;
+            }
+            (
+                ip.header().source(),
+                ip.header().destination(),
+                ip.header().hop_limit(),
+                payload.payload,
+                false,
+            )
+        }
+    };
+    let kind = *icmp.first()?;
+    let fixed = match kind {
+        ND_RS => 8,
+        ND_RA => 16,
+        ND_NS | ND_NA => 24,
+        ND_REDIRECT => 40,
+        _ => return None,
+    };
+    let target = match kind {
+        ND_NS | ND_NA | ND_REDIRECT => {
+            let t: [u8; 16] = icmp.get(8..24)?.try_into().ok()?;
+            Some(Ipv6Addr::from(t))
+        }
+        _ => None,
+    };
+    let mut options = Vec::new();
+    let mut at = fixed;
+    while at + 2 <= icmp.len() {
+        let (t, len) = (icmp[at], usize::from(icmp[at + 1]) * 8);
+        if len == 0 {
+            break;
+        }
+        if (t == ND_SOURCE_LL || t == ND_TARGET_LL) && len == 8 {
+            if let Some(mac) = icmp.get(at + 2..at + 8) {
+                options.push((t, mac.try_into().ok()?));
+            }
+        }
+        at += len;
+    }
+    let checksum_ok = complete.then(|| {
+        etherparse::Icmpv6Slice::from_slice(icmp)
+            .map(|s| s.is_checksum_valid(src, dst))
+            .unwrap_or(false)
+    });
+    Some(NdAddrs {
+        kind,
+        src_ip: src.into(),
+        dst_ip: dst.into(),
+        hop_limit,
+        target,
+        flags: icmp.get(4).copied().unwrap_or(0),
+        options,
+        checksum_ok,
+    })
+}
+
+fn dhcp_addrs(frame: &[u8]) -> Option<DhcpAddrs> {
+    let lax = etherparse::LaxSlicedPacket::from_ethernet(frame).ok()?;
+    let Some(LaxNetSlice::Ipv4(ip)) = &lax.net else {
+        return None;
+    };
+    let payload = ip.payload();
+    if payload.ip_number != etherparse::IpNumber::UDP || payload.fragmented {
+        return None;
+    }
+    let udp = payload.payload;
+    let ports = (
+        u16::from_be_bytes(udp.get(0..2)?.try_into().ok()?),
+        u16::from_be_bytes(udp.get(2..4)?.try_into().ok()?),
+    );
+    if ports != (68, 67) && ports != (67, 68) {
+        return None;
+    }
+    let b = udp.get(8..)?;
+    let chaddr: Mac = b.get(28..34)?.try_into().ok()?;
+    let yiaddr: [u8; 4] = b.get(16..20)?.try_into().ok()?;
+    // Options after the magic cookie, as far as the capture goes.
+    let (mut msg_type, mut client_id) = (None, None);
+    if b.get(236..240) == Some(&[99, 130, 83, 99]) {
+        let mut at = 240;
+        while let Some(&code) = b.get(at) {
+            match code {
+                0 => at += 1,
+                255 => break,
+                _ => {
+                    let Some(&len) = b.get(at + 1) else { break };
+                    let value = b.get(at + 2..at + 2 + usize::from(len));
+                    match (code, value) {
+                        (53, Some(&[t])) => msg_type = Some(t),
+                        (61, Some(&[1, ref mac @ ..])) if mac.len() == 6 => {
+                            client_id = mac.try_into().ok();
+                        }
+                        _ => {}
+                    }
+                    at += 2 + usize::from(len);
+                }
+            }
+        }
+    }
+    Some(DhcpAddrs {
+        op: *b.first()?,
+        xid: u32::from_be_bytes(b.get(4..8)?.try_into().ok()?),
+        flags: u16::from_be_bytes(b.get(10..12)?.try_into().ok()?),
+        yiaddr: yiaddr.into(),
+        chaddr,
+        msg_type,
+        client_id,
     })
 }
 
@@ -280,6 +489,44 @@ impl Drop for Capture {
             let _ = r.join();
         }
     }
+}
+
+/// Sends `frame` (a whole Ethernet frame) out of `ifname` in `ns` through an AF_PACKET socket,
+/// as the namespace's own stack would: a crafted frame from a VM, say.
+pub fn inject(ns: &Netns, ifname: &str, frame: &[u8]) {
+    ns.enter(|| -> io::Result<()> {
+        let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(io::Error::from)?;
+        // SAFETY: plain socket(2); protocol 0 receives nothing.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = ifindex as i32;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: `frame` and `sll` are valid for the given sizes.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+                &sll as *const _ as *const libc::sockaddr,
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        assert_eq!(n as usize, frame.len(), "short send");
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("sending a frame on {ifname} in {}: {e}", ns.name()))
 }
 
 fn setsockopt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: i32) -> io::Result<()> {

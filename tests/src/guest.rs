@@ -3,8 +3,10 @@
 //! Nothing is installed on the system: the packages are fetched with `apt-get download` and
 //! unpacked with `dpkg -x` into a scratch directory.
 //!
-//! The guest loads the virtio-net modules, sets the static address given on the kernel command
-//! line (`mat.ip=ADDR/LEN`) on eth0 and prints [`READY`] on the serial console (ttyS0).
+//! The guest loads the virtio-net modules, sets the static addresses given on the kernel command
+//! line (`mat.ip=ADDR/LEN`, and `mat.ip6=ADDR/LEN` for IPv6) on eth0 and prints [`READY`] on the
+//! serial console (ttyS0). IPv6 stays on, as in every real guest: eth0 gets its link-local address
+//! and runs duplicate address detection, MLD and router solicitation when it comes up.
 
 use std::{
     fs,
@@ -41,18 +43,21 @@ mount -t sysfs sys /sys
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net; do
     insmod /lib/modules/$m.ko || echo "MAT-GUEST-ERROR insmod $m"
 done
-echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 2>/dev/null
-echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6 2>/dev/null
 addr=
+addr6=
 for arg in $(cat /proc/cmdline); do
-    case "$arg" in mat.ip=*) addr="${arg#mat.ip=}" ;; esac
+    case "$arg" in
+        mat.ip=*) addr="${arg#mat.ip=}" ;;
+        mat.ip6=*) addr6="${arg#mat.ip6=}" ;;
+    esac
 done
 ip link set lo up
 i=0
 while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 ip link set eth0 up
 [ -n "$addr" ] && ip addr add "$addr" dev eth0
-echo "MAT-GUEST-READY addr=$addr mac=$(cat /sys/class/net/eth0/address)"
+[ -n "$addr6" ] && ip -6 addr add "$addr6" dev eth0
+echo "MAT-GUEST-READY addr=$addr addr6=$addr6 mac=$(cat /sys/class/net/eth0/address)"
 while true; do sleep 3600; done
 "#;
 
@@ -66,9 +71,11 @@ pub struct GuestImage {
 }
 
 impl GuestImage {
-    /// The kernel command line for a guest with `addr` (e.g. `198.51.100.2/24`) on eth0.
-    pub fn cmdline(addr: &str) -> String {
-        format!("console=ttyS0 mat.ip={addr} panic=-1 quiet loglevel=3")
+    /// The kernel command line for a guest with `addr` (e.g. `198.51.100.2/24`) on eth0, and
+    /// the IPv6 address `addr6` (e.g. `2001:db8::2/64`) if given.
+    pub fn cmdline(addr: &str, addr6: Option<&str>) -> String {
+        let ip6 = addr6.map(|a| format!(" mat.ip6={a}")).unwrap_or_default();
+        format!("console=ttyS0 mat.ip={addr}{ip6} panic=-1 quiet loglevel=3")
     }
 }
 
@@ -85,10 +92,16 @@ pub fn cache_dir() -> PathBuf {
         .join("mat-guest")
 }
 
-/// The guest image, built into the cache the first time (about 5 s and 70 MB of download).
+/// The guest image, built into the cache the first time (about 5 s and 70 MB of download). The
+/// cache is keyed by the kernel package and by what goes into the initramfs, so that a changed
+/// /init is never served from an older image.
 pub fn image() -> GuestImage {
     let package = kernel_package();
-    let dir = cache_dir().join(&package);
+    let mut key: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in INIT.bytes().chain(MODULES.concat().bytes()) {
+        key = (key ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    let dir = cache_dir().join(format!("{package}-{key:016x}"));
     let image = GuestImage {
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.cpio"),

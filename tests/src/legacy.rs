@@ -1,5 +1,7 @@
 //! What the first release left behind, for upgrade tests: its data plane pinned in layout 1
-//! (maps and `links/` directly in the pin directory, no version) and its `state.json`.
+//! (maps and `links/` directly in the pin directory, no version) and its `state.json`. The
+//! programs and maps are the first release's own ([`OBJECT`], see
+//! `tests/fixtures/layout-1/README.md`).
 
 use std::path::Path;
 
@@ -9,10 +11,35 @@ use aya::{
     EbpfLoader,
 };
 use mat_common::{
-    maps::{self as names, Binding, BindingKey, BINDING_ANNOUNCE},
+    maps::{self as names, BindingKey, BINDING_ANNOUNCE},
     pool::{PoolPrefix, Pools},
     MacAddr,
 };
+
+/// The first release's kernel object.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../fixtures/layout-1/mat.bpf.o");
+
+/// The binding value of layout 1: the translated MAC, flags and the learned IPv4 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub mac: MacAddr,
+    pub flags: u16,
+    pub ipv4: [u8; 4],
+}
+
+impl Binding {
+    pub const fn new(mac: MacAddr, flags: u16) -> Self {
+        Self {
+            mac,
+            flags,
+            ipv4: [0; 4],
+        }
+    }
+}
+
+// SAFETY: plain repr(C) data with no implicit padding.
+unsafe impl aya::Pod for Binding {}
 
 /// Pins the data plane as the first release did: maps in `pin_dir`, the port programs attached
 /// to `port` (TCX) with their links in `pin_dir/links/<ifindex>-<program>`, the pool set and
@@ -27,7 +54,7 @@ pub fn pin_layout_1(
     std::fs::create_dir_all(pin_dir.join("links")).expect("creating the pin directory");
     let mut ebpf = EbpfLoader::new()
         .map_pin_path(pin_dir)
-        .load(mat_loader::OBJECT)
+        .load(OBJECT)
         .expect("loading the object with flat pins");
     let ifindex = nix::net::if_::if_nametoindex(port).expect("the port exists");
     let mut pools = Pools {

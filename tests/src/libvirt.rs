@@ -409,17 +409,22 @@ pub enum Nic<'a> {
 }
 
 /// The XML of a TCG guest booting the test kernel (see [`crate::guest`]) with one virtio NIC
-/// (guest MAC `mac`, static address `addr` like `198.51.100.10/24`), its serial console
-/// appended to `console`, and MAT metadata announcing the address.
+/// (guest MAC `mac`, static address `addr` like `198.51.100.10/24`, and `addr6` like
+/// `2001:db8::10/64` if given), its serial console appended to `console`, and MAT metadata
+/// announcing the addresses.
 pub fn domain_xml(
     name: &str,
     image: &crate::guest::GuestImage,
     nic: Nic,
     mac: &str,
-    addr: &str,
+    (addr, addr6): (&str, Option<&str>),
     console: &Path,
 ) -> String {
     let ip = addr.split('/').next().expect("an address");
+    let ip6 = addr6
+        .and_then(|a| a.split('/').next())
+        .map(|a| format!("<mat:ipv6 address='{a}'/>"))
+        .unwrap_or_default();
     let source = match nic {
         Nic::Bridge(b) => format!("<interface type='bridge'><source bridge='{b}'/>"),
         Nic::Network(n) => format!("<interface type='network'><source network='{n}'/>"),
@@ -431,7 +436,7 @@ pub fn domain_xml(
   <vcpu>1</vcpu>
   <metadata>
     <mat:vm xmlns:mat='urn:x-mat:libvirt:1'>
-      <mat:interface mac='{mac}'><mat:ipv4 address='{ip}'/></mat:interface>
+      <mat:interface mac='{mac}'><mat:ipv4 address='{ip}'/>{ip6}</mat:interface>
     </mat:vm>
   </metadata>
   <os>
@@ -461,7 +466,7 @@ pub fn domain_xml(
 ",
         kernel = image.kernel.display(),
         initrd = image.initrd.display(),
-        cmdline = crate::guest::GuestImage::cmdline(addr),
+        cmdline = crate::guest::GuestImage::cmdline(addr, addr6),
         console = console.display(),
     )
 }

@@ -10,8 +10,11 @@
 //! - Every VM has a random locally administered unicast *inside* MAC ([`random_inside_mac`]) and
 //!   the address `192.0.2.(10 + index)/24`; the peer has `192.0.2.254/24` and a random MAC of its
 //!   own (it stands for an ordinary, untranslated host). `192.0.2.1`-`192.0.2.9` are left for a
-//!   test's own endpoints (a tap, say). The hypervisor's bridge has no address: it only forwards.
-//! - IPv6 is disabled everywhere, so nothing talks unless a test makes it.
+//!   test's own endpoints (a tap, say). The hypervisor's bridge has no address of its own (only
+//!   the IPv6 link-local one every interface gets): it only forwards.
+//! - IPv6 is on, as in every real guest: every interface gets a link-local address and sends
+//!   its DAD NS, MLD reports and router solicitations when it comes up. The VMs and the peer
+//!   also have `2001:db8::(10 + index)/64` and `2001:db8::fe/64` ([`vm_ip6`], [`PEER_IP6`]).
 //! - All names (namespaces, bridge, veths) carry a per-run suffix; every link is created inside
 //!   the lab's namespaces, so dropping the [`Lab`] (deleting its namespaces) removes everything,
 //!   also when a test panics.
@@ -21,7 +24,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, Shutdown, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, TcpListener, TcpStream},
     thread,
     time::{Duration, Instant},
 };
@@ -36,6 +39,16 @@ use crate::{
 pub const PREFIX_LEN: u8 = 24;
 /// The peer's address.
 pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+/// The peer's global IPv6 address, in 2001:db8::/64.
+pub const PEER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+/// Prefix length of the lab's IPv6 subnet, 2001:db8::/64.
+pub const PREFIX_LEN6: u8 = 64;
+
+/// VM `i`'s global IPv6 address: `2001:db8::10`, `2001:db8::11`, ...
+pub fn vm_ip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + i as u16)
+}
+
 /// First octet pattern inside MACs never take: `02:00:5e:xx:xx:xx` is for outside pools in tests.
 pub const OUTSIDE_OUI: [u8; 3] = [0x02, 0x00, 0x5e];
 
@@ -51,6 +64,8 @@ pub struct Vm {
     /// The VM's own (inside) MAC, set on [`Vm::ifname`].
     pub mac: Mac,
     pub ip: Ipv4Addr,
+    /// Its global IPv6 address ([`vm_ip6`]); it also has a link-local one from its MAC.
+    pub ip6: Ipv6Addr,
 }
 
 /// The host beyond the uplink.
@@ -60,6 +75,8 @@ pub struct Peer {
     pub ifname: String,
     pub mac: Mac,
     pub ip: Ipv4Addr,
+    /// [`PEER_IP6`].
+    pub ip6: Ipv6Addr,
 }
 
 /// The whole lab; dropping it deletes every namespace and link it made.
@@ -83,9 +100,8 @@ impl Lab {
     pub fn new(vms: usize) -> Lab {
         let id = unique("");
         let hv = Netns::new("mhv");
-        disable_ipv6(&hv);
         let peer_ns = Netns::new("mpr");
-        disable_ipv6(&peer_ns);
+        keep_ipv6_addresses(&peer_ns);
         let bridge = format!("br-{id}");
         let uplink = format!("up-{id}");
         let peer_if = format!("pe-{id}");
@@ -115,6 +131,13 @@ impl Lab {
             "dev",
             &peer_if,
         ]);
+        peer_ns.ip(&[
+            "addr",
+            "add",
+            &format!("{PEER_IP6}/{PREFIX_LEN6}"),
+            "dev",
+            &peer_if,
+        ]);
         let uplink_index = ifindex(&hv, &uplink);
         let mut lab = Lab {
             vms: Vec::new(),
@@ -123,6 +146,7 @@ impl Lab {
                 ifname: peer_if,
                 mac: peer_mac,
                 ip: PEER_IP,
+                ip6: PEER_IP6,
             },
             hv,
             bridge,
@@ -143,7 +167,7 @@ impl Lab {
         let i = self.vms.len();
         assert!(i < 200, "the lab's /24 holds at most 200 VMs");
         let ns = Netns::new("mvm");
-        disable_ipv6(&ns);
+        keep_ipv6_addresses(&ns);
         let port = format!("p{i}-{}", self.id);
         let ifname = format!("v{i}-{}", self.id);
         let mac = random_inside_mac();
@@ -166,6 +190,14 @@ impl Lab {
             .ip(&["link", "set", &port, "master", &self.bridge, "up"]);
         ns.ip(&["link", "set", &ifname, "up"]);
         ns.ip(&["addr", "add", &format!("{ip}/{PREFIX_LEN}"), "dev", &ifname]);
+        let ip6 = vm_ip6(i);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{ip6}/{PREFIX_LEN6}"),
+            "dev",
+            &ifname,
+        ]);
         let port_index = ifindex(&self.hv, &port);
         self.vms.push(Vm {
             ns,
@@ -174,6 +206,7 @@ impl Lab {
             port_index,
             mac,
             ip,
+            ip6,
         });
         self.vms.last().expect("just pushed")
     }
@@ -261,35 +294,130 @@ pub fn ifindex(ns: &Netns, ifname: &str) -> u32 {
         .unwrap_or_else(|e| panic!("no {ifname} in {}: {e}", ns.name()))
 }
 
-/// Turns IPv6 off in `ns` (existing and future interfaces): no ND, MLD or DAD noise.
-pub fn disable_ipv6(ns: &Netns) {
+/// Keeps static IPv6 addresses in `ns` when a link goes down (`keep_addr_on_down`; the kernel
+/// flushes them by default, IPv4 addresses stay either way), so that a test can take its
+/// endpoints down and up ([`Lab::set_endpoints_up`]). Call it before making the links.
+pub fn keep_ipv6_addresses(ns: &Netns) {
     ns.enter(|| {
         for conf in ["all", "default"] {
-            let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+            let path = format!("/proc/sys/net/ipv6/conf/{conf}/keep_addr_on_down");
             std::fs::write(&path, "1").unwrap_or_else(|e| panic!("writing {path}: {e}"));
         }
     });
 }
 
-/// Pings `ip` from `ns` `count` times (0.2 s apart, 10 s at most); `Err` with ping's output
-/// unless every echo was answered.
-pub fn ping(ns: &Netns, ip: Ipv4Addr, count: u32) -> Result<(), String> {
+/// Pings `ip` (IPv4 or IPv6) from `ns` `count` times (0.2 s apart, 10 s at most); `Err` with
+/// ping's output unless every echo was answered. A link-local IPv6 address needs
+/// [`ping_scoped`].
+pub fn ping(ns: &Netns, ip: impl Into<IpAddr>, count: u32) -> Result<(), String> {
+    ping_target(ns, &ip.into().to_string(), count)
+}
+
+/// Pings the IPv6 address `ip` through the interface `dev` (`ip%dev`: what a link-local
+/// address needs).
+pub fn ping_scoped(ns: &Netns, ip: Ipv6Addr, dev: &str, count: u32) -> Result<(), String> {
+    ping_target(ns, &format!("{ip}%{dev}"), count)
+}
+
+fn ping_target(ns: &Netns, target: &str, count: u32) -> Result<(), String> {
     let out = ns
         .command("ping")
         .args(["-n", "-q", "-i", "0.2", "-W", "2", "-w", "10", "-c"])
         .arg(count.to_string())
-        .arg(ip.to_string())
+        .arg(target)
         .output()
         .map_err(|e| format!("running ping: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "ping {ip} from {} failed: {}{}",
+            "ping {target} from {} failed: {}{}",
             ns.name(),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ))
+    }
+}
+
+/// The link-local address of `ifname` in `ns` (once the kernel has made one).
+pub fn link_local(ns: &Netns, ifname: &str) -> Option<Ipv6Addr> {
+    ipv6_addrs(ns, ifname)
+        .into_iter()
+        .find_map(|a| is_link_local(a.ip).then_some(a.ip))
+}
+
+/// Whether `ip` is in fe80::/10.
+pub fn is_link_local(ip: Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// The link-local address Linux makes from `mac` (modified EUI-64, the default `addr_gen_mode`).
+pub fn eui64_link_local(mac: &Mac) -> Ipv6Addr {
+    let m = mac;
+    Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([m[0] ^ 2, m[1]]),
+        u16::from_be_bytes([m[2], 0xff]),
+        u16::from_be_bytes([0xfe, m[3]]),
+        u16::from_be_bytes([m[4], m[5]]),
+    )
+}
+
+/// One IPv6 address of an interface and where its duplicate address detection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addr6 {
+    pub ip: Ipv6Addr,
+    /// Still in duplicate address detection.
+    pub tentative: bool,
+    /// Duplicate address detection failed: someone (maybe the host's own announcement coming
+    /// back) claimed the address.
+    pub dad_failed: bool,
+}
+
+/// The IPv6 addresses of `ifname` in `ns`.
+pub fn ipv6_addrs(ns: &Netns, ifname: &str) -> Vec<Addr6> {
+    let out = ns.ip(&["-6", "-o", "addr", "show", "dev", ifname]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "inet6")?;
+            Some(Addr6 {
+                ip: words.get(at + 1)?.split('/').next()?.parse().ok()?,
+                tentative: words.contains(&"tentative"),
+                dad_failed: words.contains(&"dadfailed"),
+            })
+        })
+        .collect()
+}
+
+/// Waits (10 s at most, then panics) until `ifname` in `ns` has a link-local address and no
+/// address of it is tentative: duplicate address detection is over and IPv6 works. Panics at
+/// once if an address failed duplicate address detection. Returns the link-local address.
+pub fn wait_ipv6_ready(ns: &Netns, ifname: &str) -> Ipv6Addr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let addrs = ipv6_addrs(ns, ifname);
+        assert!(
+            addrs.iter().all(|a| !a.dad_failed),
+            "duplicate address detection failed on {ifname} in {}: {addrs:?}",
+            ns.name()
+        );
+        let ll = addrs.iter().find(|a| is_link_local(a.ip));
+        if let Some(ll) = ll {
+            if addrs.iter().all(|a| !a.tentative) {
+                return ll.ip;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "IPv6 on {ifname} in {} not ready: {addrs:?}",
+            ns.name()
+        );
+        thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -312,6 +440,42 @@ pub fn neighbour(ns: &Netns, ip: Ipv4Addr) -> Option<Mac> {
     neighbours(ns)
         .into_iter()
         .find_map(|(a, mac)| (a == ip).then_some(mac))
+}
+
+/// An IPv6 neighbour entry: address, interface, MAC and state (`REACHABLE`, `STALE`, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour6 {
+    pub ip: Ipv6Addr,
+    pub dev: String,
+    pub mac: Mac,
+    pub state: String,
+}
+
+/// The IPv6 neighbour table of `ns`: every entry that has a MAC.
+pub fn neighbours6(ns: &Netns) -> Vec<Neighbour6> {
+    let out = ns.ip(&["-6", "neigh", "show"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let ip = words.first()?.parse().ok()?;
+            let dev = words.get(words.iter().position(|w| *w == "dev")? + 1)?;
+            let mac = parse_mac(words.get(words.iter().position(|w| *w == "lladdr")? + 1)?)?;
+            Some(Neighbour6 {
+                ip,
+                dev: dev.to_string(),
+                mac,
+                state: words.last()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The MAC `ns` has for the IPv6 address `ip` in its neighbour table.
+pub fn neighbour6(ns: &Netns, ip: Ipv6Addr) -> Option<Mac> {
+    neighbours6(ns)
+        .into_iter()
+        .find_map(|n| (n.ip == ip).then_some(n.mac))
 }
 
 /// Sends `bytes` bytes over TCP from a client in `client` to a server listening on

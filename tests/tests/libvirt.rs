@@ -2,23 +2,26 @@
 //! a peer beyond the uplink sees only the outside MAC, a libvirtd restart resyncs without
 //! changing anything, stopping releases; and a live migration between two libvirtd instances
 //! (two hypervisors, each with its own bridge, uplink and `mat daemon`) keeps a ping stream
-//! going, moves the peer's neighbour entry to the new outside MAC and holds the old one down.
+//! going, moves the peer's neighbour entries (IPv4 and IPv6) to the new outside MAC and holds the
+//! old one down. The guest runs IPv6 (link-local and a static 2001:db8::/64 address) as real
+//! guests do.
 //!
-//! Layout (every namespace and link the test's own; addresses in 198.51.100.0/24 only):
+//! Layout (every namespace and link the test's own; addresses in 198.51.100.0/24, 2001:db8::/64
+//! and link-local only):
 //!
 //! ```text
 //!   hypervisors ns: libvirtd A + mat daemon host 1      peer ns
 //!     guest tap --[br0]-- up0 ======================= p0 --+
-//!                                                           [sw] 198.51.100.1
+//!                                                           [sw] 198.51.100.1, 2001:db8::1
 //!     guest tap --[br1]-- up1 ======================= p1 --+
 //!   libvirtd B + mat daemon host 2 (same namespace: migration runs over its 127.0.0.1)
 //! ```
 //!
-//! The migration's packet loss and longest gap are printed and written to
-//! target/bench/migration.json (a figure, not an assertion).
+//! The migration's packet loss and longest gap, over IPv4 and over IPv6, are printed and written
+//! to target/bench/migration.json (figures, not assertions).
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     process::{Child, Stdio},
     sync::Mutex,
@@ -32,7 +35,7 @@ use mat_tests::{
     libvirt::{domain_xml, wait_for_line, Libvirtd, Nic, PingStream},
     netns::{run, Netns},
     pins::unique,
-    topology::{disable_ipv6, fmt_mac, neighbour, parse_mac, ping},
+    topology::{fmt_mac, neighbour, neighbour6, parse_mac, ping},
 };
 use serde_json::Value;
 
@@ -42,6 +45,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const PEER_IP: &str = "198.51.100.1";
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const GUEST_ADDR: &str = "198.51.100.10/24";
+const PEER_IP6: &str = "2001:db8::1/64";
+const GUEST_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+const GUEST_ADDR6: &str = "2001:db8::10/64";
 
 /// A hypervisor: its bridge and uplink in the shared namespace, its libvirtd and its daemon.
 /// Fields drop in order: libvirtd first (destroying a domain runs the release hook, which needs
@@ -67,11 +73,10 @@ impl Lab {
         std::fs::create_dir_all(&dir).expect("creating the lab directory");
         let hv = Netns::new("mlv");
         let peer = Netns::new("mlp");
-        disable_ipv6(&hv);
-        disable_ipv6(&peer);
         peer.ip(&["link", "add", "sw", "type", "bridge"]);
         peer.ip(&["link", "set", "sw", "up"]);
         peer.ip(&["addr", "add", &format!("{PEER_IP}/24"), "dev", "sw"]);
+        peer.ip(&["addr", "add", PEER_IP6, "dev", "sw"]);
         let mut lab = Lab {
             hosts: Vec::new(),
             peer,
@@ -131,7 +136,14 @@ impl Lab {
         let lv = &self.hosts[h].libvirtd;
         lv.define(
             dom,
-            &domain_xml(dom, &self.image, nic, mac, GUEST_ADDR, &self.console(dom)),
+            &domain_xml(
+                dom,
+                &self.image,
+                nic,
+                mac,
+                (GUEST_ADDR, Some(GUEST_ADDR6)),
+                &self.console(dom),
+            ),
         );
         let t = Instant::now();
         lv.virsh_ok(&["start", dom]);
@@ -149,6 +161,17 @@ impl Lab {
             assert!(Instant::now() < deadline, "guest unreachable: {e}");
         }
         eprintln!("libvirt: {dom} answers ping after {:?}", t.elapsed());
+        // Its IPv6 address works once duplicate address detection is over.
+        while let Err(e) = ping(&self.peer, GUEST_IP6, 2) {
+            assert!(
+                Instant::now() < deadline,
+                "guest unreachable over IPv6: {e}"
+            );
+        }
+        eprintln!(
+            "libvirt: {dom} answers ping over IPv6 after {:?}",
+            t.elapsed()
+        );
     }
 }
 
@@ -240,12 +263,17 @@ fn start_reconnect_and_stop_under_libvirt() {
     let capture = Capture::in_netns(&lab.peer, "p0");
     lab.wait_reachable(&dom);
     ping(&lab.peer, GUEST_IP, 5).expect("ping through MAT");
+    ping(&lab.peer, GUEST_IP6, 5).expect("ping over IPv6 through MAT");
     let report = capture.stop();
     let frames: Vec<Vec<u8>> = report.frames.iter().map(|f| f.data.clone()).collect();
     let seen = assert_only_outside(&frames, &mac, &outside);
     assert!(seen >= 5, "only {seen} frames with the outside MAC");
     assert_eq!(
         neighbour(&lab.peer, GUEST_IP).map(|m| fmt_mac(&m)),
+        Some(outside.clone())
+    );
+    assert_eq!(
+        neighbour6(&lab.peer, GUEST_IP6).map(|m| fmt_mac(&m)),
         Some(outside.clone())
     );
 
@@ -288,6 +316,8 @@ fn start_reconnect_and_stop_under_libvirt() {
 #[derive(Debug)]
 struct Figures {
     stream: PingStream,
+    /// The same over IPv6, at the same time.
+    stream6: PingStream,
     interval_ms: u64,
     migrate_ms: u128,
     /// The guest's pause as QEMU measured it (`virsh domjobinfo --completed`).
@@ -304,6 +334,12 @@ fn write_bench(f: &Figures, source: &str, destination: &str) {
         "received": f.stream.received,
         "lost": f.stream.lost.len(),
         "gap_ms": (f.stream.max_gap_ms * 10.0).round() / 10.0,
+        "ipv6": {
+            "sent": f.stream6.sent,
+            "received": f.stream6.received,
+            "lost": f.stream6.lost.len(),
+            "gap_ms": (f.stream6.max_gap_ms * 10.0).round() / 10.0,
+        },
         "virsh_migrate_ms": f.migrate_ms,
         "qemu_downtime_ms": f.downtime_ms,
         "outside_before": source,
@@ -315,36 +351,53 @@ fn write_bench(f: &Figures, source: &str, destination: &str) {
 }
 
 /// `ping -D` from the peer every `interval_ms`, stopped with SIGINT (so that it prints its
-/// summary) and killed by pid if the test fails first.
-struct PingGuard(Option<Child>);
+/// summary) and killed by pid if the test fails first. Its output is read as it comes: a full
+/// pipe would stall ping and show up as a gap.
+struct PingGuard {
+    child: Option<Child>,
+    output: Option<std::thread::JoinHandle<String>>,
+}
 
 impl PingGuard {
-    fn start(ns: &Netns, ip: Ipv4Addr, interval_ms: u64) -> PingGuard {
-        let child = ns
+    fn start(ns: &Netns, ip: impl Into<IpAddr>, interval_ms: u64) -> PingGuard {
+        let mut child = ns
             .command("ping")
             .args(["-D", "-n", "-W", "1", "-i"])
             .arg(format!("{:.3}", interval_ms as f64 / 1000.0))
-            .arg(ip.to_string())
+            .arg(ip.into().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .expect("starting ping");
-        PingGuard(Some(child))
+        let mut stdout = child.stdout.take().expect("ping's stdout");
+        let output = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+            text
+        });
+        PingGuard {
+            child: Some(child),
+            output: Some(output),
+        }
     }
 
     fn stop(mut self) -> String {
-        let child = self.0.take().expect("running");
+        let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child (nsenter exec'd ping in place), not yet reaped.
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let out = child.wait_with_output().expect("waiting for ping");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        child.wait().expect("waiting for ping");
+        self.output
+            .take()
+            .expect("reading")
+            .join()
+            .expect("ping's reader")
     }
 }
 
 impl Drop for PingGuard {
     fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
+        if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -365,6 +418,10 @@ fn live_migration_between_two_libvirtd() {
     let outside_a = source[0].3.clone();
     assert_eq!(
         neighbour(&lab.peer, GUEST_IP).map(|m| fmt_mac(&m)),
+        Some(outside_a.clone())
+    );
+    assert_eq!(
+        neighbour6(&lab.peer, GUEST_IP6).map(|m| fmt_mac(&m)),
         Some(outside_a.clone())
     );
 
@@ -402,6 +459,7 @@ fn live_migration_between_two_libvirtd() {
     let cap1 = Capture::in_netns(&lab.peer, "p1");
     let interval_ms = 10;
     let pinger = PingGuard::start(&lab.peer, GUEST_IP, interval_ms);
+    let pinger6 = PingGuard::start(&lab.peer, GUEST_IP6, interval_ms);
     std::thread::sleep(Duration::from_secs(2));
     let t = Instant::now();
     a.libvirtd.virsh_ok(&[
@@ -423,6 +481,7 @@ fn live_migration_between_two_libvirtd() {
     // Let the stream settle on the destination, then stop it.
     std::thread::sleep(Duration::from_secs(4));
     let text = pinger.stop();
+    let text6 = pinger6.stop();
     let (seen0, seen1) = (cap0.stop(), cap1.stop());
     let frames: Vec<Vec<u8>> = [&seen0, &seen1]
         .iter()
@@ -431,6 +490,7 @@ fn live_migration_between_two_libvirtd() {
     // What came up B's uplink (each frame once).
     let from_b: Vec<&[u8]> = seen1.incoming().map(|f| f.data.as_slice()).collect();
     let stream = PingStream::parse(&text);
+    let stream6 = PingStream::parse(&text6);
 
     // The guest runs on B, bound there under the same domain UUID with B's own outside MAC.
     assert_eq!(b.libvirtd.running(), std::slice::from_ref(&dom));
@@ -451,22 +511,28 @@ fn live_migration_between_two_libvirtd() {
         "{:?}",
         held(&a.daemon)
     );
-    // The peer follows the new outside MAC; it never saw the inside MAC.
+    // The peer follows the new outside MAC, over IPv4 and IPv6; it never saw the inside MAC (in
+    // an Ethernet header, an ARP body or an ND option).
     assert_eq!(
         neighbour(&lab.peer, GUEST_IP).map(|m| fmt_mac(&m)),
         Some(outside_b.clone())
     );
+    assert_eq!(
+        neighbour6(&lab.peer, GUEST_IP6).map(|m| fmt_mac(&m)),
+        Some(outside_b.clone())
+    );
     assert_only_outside(&frames, &mac, &outside_a);
     assert_only_outside(&frames, &mac, &outside_b);
-    // B announced the guest's address (from the metadata) from its outside MAC: `attach_vm`
+    // B announced the guest's addresses (from the metadata) from its outside MAC: `attach_vm`
     // announces nothing itself, so this came from the data plane's first-frame event.
     let log = b.daemon.log();
-    assert!(
-        log.lines().any(|l| l.contains("announced")
-            && l.contains(&outside_b)
-            && l.contains("198.51.100.10")),
-        "B's daemon never announced the guest:\n{log}"
-    );
+    for ip in ["198.51.100.10", "2001:db8::10"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("announced") && l.contains(&outside_b) && l.contains(ip)),
+            "B's daemon never announced {ip}:\n{log}"
+        );
+    }
     // How the destination made itself known: QEMU's RARP, or ARP (the guest's own announcement
     // through virtio's guest-announce, or the daemon's gratuitous ARP), from the new outside MAC.
     let new_mac = parse_mac(&outside_b).expect("a MAC");
@@ -484,14 +550,16 @@ fn live_migration_between_two_libvirtd() {
 
     let figures = Figures {
         stream,
+        stream6,
         interval_ms,
         migrate_ms,
         downtime_ms,
     };
     eprintln!(
         "libvirt: live migration: virsh migrate took {} ms, QEMU's downtime {:?} ms; ping every \
-         {} ms: {} sent, {} received, {} lost, longest gap {:.1} ms; up B's uplink came {rarp} \
-         RARP and {arp} ARP frames from the new outside MAC",
+         {} ms: IPv4 {} sent, {} received, {} lost, longest gap {:.1} ms; IPv6 {} sent, {} \
+         received, {} lost, longest gap {:.1} ms; up B's uplink came {rarp} RARP and {arp} ARP \
+         frames from the new outside MAC",
         figures.migrate_ms,
         figures.downtime_ms,
         interval_ms,
@@ -499,6 +567,10 @@ fn live_migration_between_two_libvirtd() {
         figures.stream.received,
         figures.stream.lost.len(),
         figures.stream.max_gap_ms,
+        figures.stream6.sent,
+        figures.stream6.received,
+        figures.stream6.lost.len(),
+        figures.stream6.max_gap_ms,
     );
     write_bench(&figures, &outside_a, &outside_b);
     // The stream continued: it ended with replies from the destination.
@@ -507,6 +579,12 @@ fn live_migration_between_two_libvirtd() {
     assert!(
         s.last_answered + 10 >= s.sent && s.lost.last().is_none_or(|&l| l + 50 < s.sent),
         "the ping stream did not recover after the migration: {s:?}\n{text}"
+    );
+    let s = &figures.stream6;
+    assert!(s.sent > 100, "{s:?}");
+    assert!(
+        s.last_answered + 10 >= s.sent && s.lost.last().is_none_or(|&l| l + 50 < s.sent),
+        "the IPv6 ping stream did not recover after the migration: {s:?}\n{text6}"
     );
 
     // Stopping it on B releases there.

@@ -30,11 +30,12 @@ pub fn run() -> Result<()> {
     );
     for (i, vm) in lab.vms.iter().enumerate() {
         println!(
-            "  vm{i}: netns {}, port {}, inside MAC {}, {}",
+            "  vm{i}: netns {}, port {}, inside MAC {}, {}, {}",
             vm.ns.name(),
             vm.port,
             fmt_mac(&vm.mac),
-            vm.ip
+            vm.ip,
+            vm.ip6
         );
     }
     println!(
@@ -57,7 +58,14 @@ pub fn run() -> Result<()> {
     show(&daemon, &["plan"])?;
     show(&daemon, &["routes"])?;
 
-    step("Attach both VMs (capturing beyond the uplink from now on)");
+    step("Attach both VMs before they run (capturing beyond the uplink from now on)");
+    // A running VM talks at once (IPv6: duplicate address detection, MLD, router solicitation);
+    // unbound it would do so from its inside MAC. Its link comes up once it is bound, as a guest
+    // starts after libvirt's hook has bound its tap.
+    for vm in &lab.vms {
+        vm.ns.ip(&["link", "set", &vm.ifname, "down"]);
+    }
+    sleep(Duration::from_millis(100));
     let cap = Capture::in_netns(&lab.peer.ns, &lab.peer.ifname);
     let mut outside = Vec::new();
     for (i, vm) in lab.vms.iter().enumerate() {
@@ -76,6 +84,7 @@ pub fn run() -> Result<()> {
         let out = show(&daemon, &args)?;
         outside.push(parse_mac(out.trim())?);
     }
+    lab.set_endpoints_up(true);
 
     step("Traffic: each VM pings the peer");
     for (i, vm) in lab.vms.iter().enumerate() {
@@ -183,6 +192,24 @@ fn describe(f: &Captured, names: &dyn Fn(&Mac) -> String) -> String {
             };
             format!("IPv4 {src} > {dst}{icmp}")
         }
+        (None, _) if a.nd.is_some() => {
+            let nd = a.nd.as_ref().expect("checked");
+            let kind = match nd.kind {
+                133 => "RS",
+                134 => "RA",
+                135 => "NS",
+                136 => "NA",
+                _ => "Redirect",
+            };
+            let target = nd.target.map(|t| format!(" {t}")).unwrap_or_default();
+            let options: String = nd
+                .options
+                .iter()
+                .map(|(t, m)| format!(" {}LLA {}", if *t == 1 { "S" } else { "T" }, fmt_mac(m)))
+                .collect();
+            format!("ND {kind}{target} from {}{options}", nd.src_ip)
+        }
+        (None, 0x86dd) => "IPv6".to_owned(),
         (None, t) => format!("ethertype {t:#06x}"),
     };
     format!("{dir} {} > {}  {what}", names(&a.src), names(&a.dst))

@@ -24,6 +24,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("lintian", "/usr/bin/lintian"),
     // The package's tests trace the daemon's system calls against the unit's filter.
     ("strace", "/usr/bin/strace"),
+    // The DHCP tests: a real server beyond the uplink and a real client in the VM (busybox's
+    // udhcpc). dnsmasq-base is the binary alone: no service is installed or started.
+    ("dnsmasq-base", "/usr/sbin/dnsmasq"),
+    ("udhcpc", "/usr/sbin/udhcpc"),
 ];
 
 /// cargo-deb, for `cargo xtask package`, at this version.

@@ -16,7 +16,8 @@ impl Host {
     /// learned address, or (on the VM's first frame) every address it has. A learned address
     /// that is not unicast, or that another binding was given, is not announced (and the conflict
     /// logged, at most once per [`announce::WARN_EVERY`] per binding). Learned IPv6 addresses are
-    /// kept (the latest [`LEARNED6_MAX`]) for `mat list` and the next announcement.
+    /// kept (the latest [`LEARNED6_MAX`]) for `mat list` and the next announcement; one given or
+    /// learned before is not announced again.
     pub fn on_event(
         &mut self,
         ifindex: u32,
@@ -47,11 +48,19 @@ impl Host {
                     return None;
                 }
                 if let IpAddr::V6(v6) = ip {
+                    // The data plane remembers only the last address a VM claimed: a VM with a
+                    // link-local and a global address reports them in turn. One already given or
+                    // learned is not announced again (its announcement still stands).
+                    let given = b.ips.contains(&ip);
                     let known = self.learned6.entry((ifindex, inside)).or_default();
+                    let seen = known.contains(&v6);
                     known.retain(|&k| k != v6);
                     known.push(v6);
                     if known.len() > LEARNED6_MAX {
                         known.remove(0);
+                    }
+                    if given || seen {
+                        return None;
                     }
                 }
                 vec![ip]

@@ -68,6 +68,10 @@ impl Host {
             .iter()
             .map(|b| ((b.ifindex, b.outside), b.inside))
             .collect();
+        // An entry of a binding the state has (port and inside MAC) but with another outside MAC
+        // or flags is not removed: the bind below overwrites it in place, so that the port
+        // never goes untranslated in between (a removal first would let the VM's frames out
+        // with its inside MAC, and drop those to it, until the bind).
         let mut removed = 0;
         let mut have_from = HashMap::new();
         for (k, v) in self.dp.bindings()? {
@@ -75,11 +79,15 @@ impl Host {
                 continue;
             }
             let secured = v.flags & BINDING_PORT_SECURITY != 0;
-            if from.get(&(k.ifindex, Mac(k.mac))) == Some(&(Mac(v.mac), secured)) {
-                have_from.insert(k, Mac(v.mac));
-            } else {
-                self.dp.unbind(k.ifindex, k.mac, v.mac)?;
-                removed += 1;
+            match from.get(&(k.ifindex, Mac(k.mac))) {
+                Some(&want) if want == (Mac(v.mac), secured) => {
+                    have_from.insert(k, Mac(v.mac));
+                }
+                Some(_) => {}
+                None => {
+                    self.dp.unbind(k.ifindex, k.mac, v.mac)?;
+                    removed += 1;
+                }
             }
         }
         let mut have_to = HashMap::new();
@@ -90,9 +98,11 @@ impl Host {
             if to.get(&(k.ifindex, Mac(k.mac))) == Some(&Mac(v.mac)) {
                 have_to.insert(k, Mac(v.mac));
             } else {
-                self.dp.unbind(k.ifindex, v.mac, k.mac)?;
+                if !from.contains_key(&(k.ifindex, Mac(v.mac))) {
+                    self.dp.unbind(k.ifindex, v.mac, k.mac)?;
+                    removed += 1;
+                }
                 have_from.remove(&BindingKey::new(k.ifindex, v.mac));
-                removed += 1;
             }
         }
         let mut added = 0;

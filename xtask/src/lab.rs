@@ -35,7 +35,7 @@ use mat_tests::{
     frames::Mac,
     netns::Netns,
     switch::SwitchGuard,
-    topology::{disable_ipv6, fmt_mac, random_inside_mac, PingStream},
+    topology::{fmt_mac, random_inside_mac, PingStream},
 };
 use serde::Serialize;
 
@@ -121,10 +121,10 @@ fn bridge(ns: &Netns, ports: &[String]) {
     }
 }
 
+/// A namespace of the lab, with IPv6 on as in every real guest and switch: the fabric carries
+/// the VMs' Neighbor Discovery too.
 fn netns(prefix: &str) -> Netns {
-    let ns = Netns::new(prefix);
-    disable_ipv6(&ns);
-    ns
+    Netns::new(prefix)
 }
 
 impl Fabric {

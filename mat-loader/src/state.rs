@@ -3,7 +3,10 @@
 //! against the state, the store makes them durable in one transaction, then the state and the
 //! maps apply them. Each change can be undone ([`State::revert`]) if the maps refuse it.
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -179,6 +182,12 @@ impl State {
                 bail!("outside MAC {mac} appears twice");
             }
         }
+        // By name once, not a scan of the ports per binding: 65,536 of each are checked at start.
+        let by_name: HashMap<&str, u32> = self
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.ifindex))
+            .collect();
         let mut inside = HashSet::new();
         let mut ports = HashSet::new();
         for b in &self.bindings {
@@ -188,7 +197,7 @@ impl State {
             if !ports.insert(&b.port) {
                 bail!("port {} is bound twice", b.port);
             }
-            if self.port(&b.port).map(|p| p.ifindex) != Some(b.ifindex) {
+            if by_name.get(b.port.as_str()) != Some(&b.ifindex) {
                 bail!("binding on {} has no matching port", b.port);
             }
         }

@@ -560,6 +560,28 @@ impl Switch {
             }
             return Err(e);
         }
+        // MACs learned before a specific route covered them (a host that talked before its
+        // routes were imported) are routed from now on: forget them, as the data path would not
+        // have learned them. The default route (/0) covers everything and leaves learning alone.
+        let covers = |k: &VlanMac| {
+            planned.keys().any(|&(len, data)| {
+                let mac_len = len - VLAN_BITS;
+                mac_len > 0 && data.vlan == k.vlan && {
+                    let (a, b) = (u64_of(&data.mac), u64_of(&k.mac));
+                    let shift = 48 - mac_len.min(48);
+                    a >> shift == b >> shift
+                }
+            })
+        };
+        let mut t = HashMap::<_, VlanMac, Learned>::try_from(self.map_mut(sw::LEARNED))?;
+        let covered: Vec<VlanMac> = t
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| covers(k))
+            .collect();
+        for k in &covered {
+            let _ = t.remove(k);
+        }
         Ok((planned.len(), unchanged))
     }
 
@@ -689,4 +711,9 @@ impl Switch {
             counters: self.counters()?,
         })
     }
+}
+
+/// A MAC as the low 48 bits of a number, first octet highest.
+fn u64_of(mac: &[u8; 6]) -> u64 {
+    mac.iter().fold(0, |v, &b| v << 8 | u64::from(b))
 }

@@ -1,7 +1,7 @@
 //! What the host shows: bindings, the address plan and its pool, routes, ports and counters.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr},
     time::UNIX_EPOCH,
 };
@@ -161,5 +161,10 @@ impl Host {
 
     pub fn binding_count(&self) -> usize {
         self.state.bindings.len()
+    }
+
+    /// The names of the managed ports.
+    pub fn port_names(&self) -> HashSet<&str> {
+        self.state.ports.iter().map(|p| p.name.as_str()).collect()
     }
 }

@@ -150,6 +150,8 @@ pub fn run(quick: bool) -> Result<()> {
             cold_start_max: 1_000,
             socket_ops: 20,
             cli_ops: 5,
+            store_ops: 20,
+            restarts: 2,
         }
     } else {
         control::Config {
@@ -157,6 +159,8 @@ pub fn run(quick: bool) -> Result<()> {
             cold_start_max: 1_000,
             socket_ops: 200,
             cli_ops: 50,
+            store_ops: 200,
+            restarts: 3,
         }
     };
     if wanted("control") {
@@ -307,11 +311,11 @@ fn table(report: &Report) -> String {
         }
     }
     if !report.targets.is_empty() {
-        let _ = writeln!(s, "\n{:<72} {:<18} {:<34}", "target", "wanted", "measured");
+        let _ = writeln!(s, "\n{:<72} {:<21} {:<34}", "target", "wanted", "measured");
         for t in &report.targets {
             let _ = writeln!(
                 s,
-                "{:<72} {:<18} {:<34} {}",
+                "{:<72} {:<21} {:<34} {}",
                 t.what,
                 t.target,
                 t.measured,

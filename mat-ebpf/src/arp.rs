@@ -34,8 +34,8 @@ pub fn from_vm<F: Frame, B: Bindings>(
     // like the MACs (see mac.rs).
     let (sha_p, tha_p, spa) = unsafe {
         (
-            addr_of_mut!((*arp).sha) as *mut u8,
-            addr_of_mut!((*arp).tha) as *mut u8,
+            addr_of_mut!((*arp).sha).cast::<u8>(),
+            addr_of_mut!((*arp).tha).cast::<u8>(),
             (addr_of_mut!((*arp).spa) as *const u32).read(),
         )
     };
@@ -92,7 +92,7 @@ pub fn to_vm<F: Frame, B: Bindings>(
     let (sha_p, tha_p) = unsafe {
         (
             addr_of_mut!((*arp).sha) as *const u8,
-            addr_of_mut!((*arp).tha) as *mut u8,
+            addr_of_mut!((*arp).tha).cast::<u8>(),
         )
     };
     // SAFETY: as above.

@@ -19,8 +19,8 @@ impl Mac {
     #[inline(always)]
     pub unsafe fn read(p: *const u8) -> Self {
         Self {
-            hi: (p as *const u32).read(),
-            lo: (p.add(4) as *const u16).read(),
+            hi: p.cast::<u32>().read(),
+            lo: p.add(4).cast::<u16>().read(),
         }
     }
 
@@ -28,8 +28,8 @@ impl Mac {
     /// `p` must point at 6 writable bytes (see the module note on alignment).
     #[inline(always)]
     pub unsafe fn write(self, p: *mut u8) {
-        (p as *mut u32).write(self.hi);
-        (p.add(4) as *mut u16).write(self.lo);
+        p.cast::<u32>().write(self.hi);
+        p.add(4).cast::<u16>().write(self.lo);
     }
 
     /// Multicast or broadcast: the group bit is bit 0 of the first octet (the low byte of `hi`,

@@ -2,6 +2,10 @@
 //! ([`rules::from_vm`], [`rules::to_vm`]) over its context and counts the outcome.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::cast_ptr_alignment,
+    reason = "MACs and addresses are read as aligned 4- and 2-byte accesses on purpose (mac.rs)"
+)]
 
 mod arp;
 mod bindings;

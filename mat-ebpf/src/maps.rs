@@ -123,7 +123,7 @@ pub fn announce_if_pending(b: *mut Binding, ifindex: u32, inside: Mac) {
 pub fn learn(b: *mut Binding, ifindex: u32, inside: Mac, ipv4: u32) {
     // SAFETY: `b` points into a map value for this program's run; `ipv4` sits 4-byte aligned in it.
     unsafe {
-        let learned = addr_of_mut!((*b).ipv4) as *mut u32;
+        let learned = addr_of_mut!((*b).ipv4).cast::<u32>();
         if learned.read() == ipv4 {
             return;
         }

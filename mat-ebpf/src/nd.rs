@@ -291,14 +291,13 @@ fn learn<F: Frame, B: Bindings>(f: &F, b: &B, m: &Message, src: Mac, bd: *mut Bi
         NA => m.icmp + 8,
         _ => return,
     };
-    let addr = match m.claimed {
-        Some(a) => a,
-        None => {
-            let (Some(a), Some(z)) = (f.load8(at), f.load8(at + 8)) else {
-                return;
-            };
-            [a as u32, (a >> 32) as u32, z as u32, (z >> 32) as u32]
-        }
+    let addr = if let Some(a) = m.claimed {
+        a
+    } else {
+        let (Some(a), Some(z)) = (f.load8(at), f.load8(at + 8)) else {
+            return;
+        };
+        [a as u32, (a >> 32) as u32, z as u32, (z >> 32) as u32]
     };
     if m.kind == NS && addr == [0; 4] {
         return;

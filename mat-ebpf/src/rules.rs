@@ -25,8 +25,12 @@ pub fn from_vm<F: Frame, B: Bindings>(f: &mut F, b: &B) -> Outcome {
         return Outcome::Malformed;
     };
     // SAFETY: `eth` is bounds checked; all accesses below stay inside the Ethernet header.
-    let (src_p, ether_type) =
-        unsafe { (addr_of_mut!((*eth).src_addr) as *mut u8, (*eth).ether_type) };
+    let (src_p, ether_type) = unsafe {
+        (
+            addr_of_mut!((*eth).src_addr).cast::<u8>(),
+            (*eth).ether_type,
+        )
+    };
     // SAFETY: as above.
     let src = unsafe { Mac::read(src_p) };
     let bound = b.binding(src);
@@ -71,7 +75,7 @@ pub fn to_vm<F: Frame, B: Bindings>(f: &mut F, b: &B) -> Outcome {
     // SAFETY: `eth` is bounds checked; all accesses below stay inside the Ethernet header.
     let (dst_p, src_p, ether_type) = unsafe {
         (
-            addr_of_mut!((*eth).dst_addr) as *mut u8,
+            addr_of_mut!((*eth).dst_addr).cast::<u8>(),
             addr_of_mut!((*eth).src_addr) as *const u8,
             (*eth).ether_type,
         )

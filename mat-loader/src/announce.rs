@@ -139,13 +139,20 @@ impl Announcer {
     /// bridge; stops early once `bound(ifindex, outside)` is false. An address already being
     /// announced from the same MAC is skipped; learned addresses beyond the allowance are
     /// dropped with a warning.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "an announcement is handed over, as the task that sends it owns it"
+    )]
     pub fn announce(
         self: &Arc<Self>,
         a: Announce,
         bound: impl Fn(u32, Mac) -> bool + Send + 'static,
     ) {
         let ips: Vec<IpAddr> = {
-            let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+            let mut busy = self
+                .busy
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let now = Instant::now();
             let mut ips = Vec::new();
             for &ip in a.ips.iter().filter(|&&ip| announceable(ip)) {
@@ -197,7 +204,10 @@ impl Announcer {
                 ),
                 Err(e) => warn!(error = %e, "looking up the port's bridge"),
             }
-            let mut busy = this.busy.lock().unwrap_or_else(|p| p.into_inner());
+            let mut busy = this
+                .busy
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for ip in ips {
                 busy.inflight.remove(&(a.outside, ip));
             }
@@ -296,7 +306,7 @@ impl Sender {
                 frame.as_ptr().cast(),
                 frame.len(),
                 0,
-                (&addr as *const libc::sockaddr_ll).cast(),
+                (&raw const addr).cast(),
                 size_of::<libc::sockaddr_ll>() as u32,
             )
         };

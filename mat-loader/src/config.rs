@@ -35,7 +35,7 @@ use crate::{
 
 pub const DEFAULT_CONFIG: &str = crate::paths::CONFIG;
 pub const DEFAULT_STATE_DIR: &str = crate::paths::STATE_DIR;
-pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(300);
+pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_mins(5);
 pub const DEFAULT_RACK_BITS: u8 = 8;
 pub const DEFAULT_HOST_BITS: u8 = 8;
 

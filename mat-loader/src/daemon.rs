@@ -76,7 +76,9 @@ struct Ctx {
 
 impl Ctx {
     fn host(&self) -> MutexGuard<'_, Host> {
-        self.host.lock().unwrap_or_else(|p| p.into_inner())
+        self.host
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Announces from a binding for as long as it stays bound.

@@ -35,7 +35,7 @@ pub enum PlanError {
     Universal(MacPrefix),
     #[error(
         "pool /{pool} + rack bits {rack} + host bits {host} = {} bits, more than the 48 of a MAC",
-        *pool as u32 + *rack as u32 + *host as u32
+        u32::from(*pool) + u32::from(*rack) + u32::from(*host)
     )]
     TooWide { pool: u8, rack: u8, host: u8 },
     #[error(
@@ -82,7 +82,7 @@ impl Plan {
         if !pool.mac.is_local() && !allow_universal {
             return Err(PlanError::Universal(pool));
         }
-        let used = pool.len as u32 + rack_bits as u32 + host_bits as u32;
+        let used = u32::from(pool.len) + u32::from(rack_bits) + u32::from(host_bits);
         let widths = (pool.len, rack_bits, host_bits);
         if used > 48 {
             return Err(PlanError::TooWide {
@@ -138,14 +138,14 @@ impl Plan {
     /// The rack's MAC route: `pool/rack`.
     pub fn rack_route(&self) -> MacPrefix {
         let len = self.pool.len + self.rack_bits;
-        let v = self.pool.mac.to_u64() | (self.rack << (48 - len as u32));
+        let v = self.pool.mac.to_u64() | (self.rack << (48 - u32::from(len)));
         MacPrefix::new(Mac::from_u64(v), len)
     }
 
     /// This host's pool: `pool/rack/host`.
     pub fn host_pool(&self) -> MacPrefix {
         let len = self.pool.len + self.rack_bits + self.host_bits;
-        let v = self.rack_route().mac.to_u64() | (self.host << (48 - len as u32));
+        let v = self.rack_route().mac.to_u64() | (self.host << (48 - u32::from(len)));
         MacPrefix::new(Mac::from_u64(v), len)
     }
 

@@ -33,7 +33,7 @@ impl LinkInfo {
         };
         for attr in &msg.attributes {
             match attr {
-                LinkAttribute::IfName(n) => info.name = n.clone(),
+                LinkAttribute::IfName(n) => info.name.clone_from(n),
                 LinkAttribute::Controller(m) => info.master = Some(*m),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
@@ -216,9 +216,8 @@ impl VmPorts {
     }
 
     fn in_managed_bridge(&self, link: &LinkInfo) -> Option<String> {
-        let bridge = match ifname(link.master?) {
-            Lookup::Found(name) => name,
-            _ => return None,
+        let Lookup::Found(bridge) = ifname(link.master?) else {
+            return None;
         };
         self.bridges.contains(&bridge).then_some(bridge)
     }

@@ -64,7 +64,7 @@ use crate::{
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// A connection that sends no complete request for this long is closed.
-pub const IDLE: Duration = Duration::from_secs(60);
+pub const IDLE: Duration = Duration::from_mins(1);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]

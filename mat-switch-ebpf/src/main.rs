@@ -20,6 +20,10 @@ use switch::{Action, Frame};
 /// The switch, at the TC ingress of each of its ports (the default: see the README's Fabric
 /// section for TC against XDP).
 #[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's entry points take the context"
+)]
 pub fn switch_tc(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let (ifindex, tagged, tci) = unsafe {
@@ -64,6 +68,10 @@ pub fn switch_tc(ctx: TcContext) -> i32 {
 /// An XDP variant for the measurement only: unicast redirected in XDP (which delivers into a
 /// veth only when its peer has an XDP program), everything else passed on to [`switch_tc`].
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's entry points take the context"
+)]
 pub fn switch_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let Some(frame) = Frame::parse(ctx.data(), ctx.data_end(), None) else {

@@ -79,12 +79,13 @@ impl LpmKey {
     /// `w0`: VLAN (big-endian) and the MAC's first two octets; `w1`: its last four (both as the
     /// frame holds them, read in memory order).
     #[inline(always)]
+    #[expect(clippy::cast_ptr_alignment, reason = "aligned: see the SAFETY note")]
     pub fn new(w0: u32, w1: u32) -> Self {
         let mut k = LpmKey {
             prefix_len: 64,
             data: VlanMac::default(),
         };
-        let p = core::ptr::addr_of_mut!(k.data) as *mut u32;
+        let p = core::ptr::addr_of_mut!(k.data).cast::<u32>();
         // SAFETY: `data` sits at offset 4 of an 8-aligned struct: both words are aligned.
         unsafe {
             p.write(w0);
@@ -97,7 +98,7 @@ impl LpmKey {
     #[inline(always)]
     pub fn route(&self) -> Option<&Route> {
         // SAFETY: `LpmKey` has `Key<VlanMac>`'s bytes: a u32 then the data, no padding between.
-        ROUTES.get(unsafe { &*(self as *const LpmKey as *const Key<VlanMac>) })
+        ROUTES.get(unsafe { &*core::ptr::from_ref::<LpmKey>(self).cast::<Key<VlanMac>>() })
     }
 
     /// The learned entry of this (VLAN, MAC), if any.

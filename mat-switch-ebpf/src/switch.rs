@@ -146,7 +146,7 @@ pub fn decide(f: &Frame, ifindex: u32) -> Verdict {
 
     if f.src_unicast {
         let k = LpmKey::new(f.src.0, f.src.1);
-        if !k.route().is_some_and(|r| r.mac_len != 0) {
+        if k.route().is_none_or(|r| r.mac_len == 0) {
             t = now();
             match k.learned() {
                 // SAFETY: `e` points into a map value for this program's run.

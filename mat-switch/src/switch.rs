@@ -157,9 +157,10 @@ fn ifindex(name: &str) -> Result<u32, Error> {
 }
 
 fn ifname(ifindex: u32) -> String {
-    nix::net::if_::if_indextoname(ifindex)
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| format!("if{ifindex}"))
+    nix::net::if_::if_indextoname(ifindex).map_or_else(
+        |_| format!("if{ifindex}"),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn monotonic_ns() -> u64 {
@@ -168,7 +169,7 @@ fn monotonic_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: `t` is a valid timespec to fill in.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut t) };
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
@@ -567,7 +568,7 @@ impl Switch {
             planned.keys().any(|&(len, data)| {
                 let mac_len = len - VLAN_BITS;
                 mac_len > 0 && data.vlan == k.vlan && {
-                    let (a, b) = (u64_of(&data.mac), u64_of(&k.mac));
+                    let (a, b) = (u64_of(data.mac), u64_of(k.mac));
                     let shift = 48 - mac_len.min(48);
                     a >> shift == b >> shift
                 }
@@ -714,6 +715,6 @@ impl Switch {
 }
 
 /// A MAC as the low 48 bits of a number, first octet highest.
-fn u64_of(mac: &[u8; 6]) -> u64 {
+fn u64_of(mac: [u8; 6]) -> u64 {
     mac.iter().fold(0, |v, &b| v << 8 | u64::from(b))
 }

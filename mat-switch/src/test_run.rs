@@ -62,7 +62,7 @@ fn run(prog: &impl AsFd, frame: &[u8], ctx: &mut [u8], repeat: u32) -> io::Resul
         libc::syscall(
             libc::SYS_bpf,
             bpf_cmd::BPF_PROG_TEST_RUN as libc::c_int,
-            &mut attr as *mut bpf_attr,
+            &raw mut attr,
             std::mem::size_of::<bpf_attr>() as u32,
         )
     };

@@ -41,6 +41,10 @@ pub const PACKET_OUTGOING: u8 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "the kernel's struct tpacket_auxdata, as named"
+)]
 struct TpacketAuxdata {
     tp_status: u32,
     tp_len: u32,
@@ -242,6 +246,10 @@ fn arp_addrs(frame: &[u8]) -> Option<ArpAddrs> {
     })
 }
 
+#[expect(
+    clippy::single_match_else,
+    reason = "the parsed and the raw walk side by side"
+)]
 fn nd_addrs(frame: &[u8]) -> Option<NdAddrs> {
     let sliced = SlicedPacket::from_ethernet(frame).ok();
     let (src, dst, hop_limit, icmp, complete) = match &sliced {
@@ -309,9 +317,7 @@ fn nd_addrs(frame: &[u8]) -> Option<NdAddrs> {
         at += len;
     }
     let checksum_ok = complete.then(|| {
-        etherparse::Icmpv6Slice::from_slice(icmp)
-            .map(|s| s.is_checksum_valid(src, dst))
-            .unwrap_or(false)
+        etherparse::Icmpv6Slice::from_slice(icmp).is_ok_and(|s| s.is_checksum_valid(src, dst))
     });
     Some(NdAddrs {
         kind,
@@ -439,7 +445,7 @@ impl Capture {
         let r = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
-                &sll as *const _ as *const libc::sockaddr,
+                (&raw const sll).cast::<libc::sockaddr>(),
                 size_of::<libc::sockaddr_ll>() as u32,
             )
         };
@@ -477,7 +483,7 @@ impl Capture {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
             .expect("reading the capture socket");
-        let drops = stats(&self.fd).expect("PACKET_STATISTICS").tp_drops as u64;
+        let drops = u64::from(stats(&self.fd).expect("PACKET_STATISTICS").tp_drops);
         Report { frames, drops }
     }
 }
@@ -513,10 +519,10 @@ pub fn inject(ns: &Netns, ifname: &str, frame: &[u8]) {
         let n = unsafe {
             libc::sendto(
                 fd.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
+                frame.as_ptr().cast::<libc::c_void>(),
                 frame.len(),
                 0,
-                &sll as *const _ as *const libc::sockaddr,
+                (&raw const sll).cast::<libc::sockaddr>(),
                 size_of::<libc::sockaddr_ll>() as u32,
             )
         };
@@ -526,7 +532,7 @@ pub fn inject(ns: &Netns, ifname: &str, frame: &[u8]) {
         assert_eq!(n as usize, frame.len(), "short send");
         Ok(())
     })
-    .unwrap_or_else(|e| panic!("sending a frame on {ifname} in {}: {e}", ns.name()))
+    .unwrap_or_else(|e| panic!("sending a frame on {ifname} in {}: {e}", ns.name()));
 }
 
 fn setsockopt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: i32) -> io::Result<()> {
@@ -536,7 +542,7 @@ fn setsockopt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: i32) -
             fd.as_raw_fd(),
             level,
             name,
-            &value as *const i32 as *const libc::c_void,
+            (&raw const value).cast::<libc::c_void>(),
             size_of::<i32>() as u32,
         )
     };
@@ -556,8 +562,8 @@ fn stats(fd: &OwnedFd) -> io::Result<TpacketStats> {
             fd.as_raw_fd(),
             libc::SOL_PACKET,
             PACKET_STATISTICS,
-            &mut s as *mut _ as *mut libc::c_void,
-            &mut len,
+            (&raw mut s).cast::<libc::c_void>(),
+            &raw mut len,
         )
     };
     if r < 0 {
@@ -584,7 +590,13 @@ fn read_loop(fd: &OwnedFd, stop: &AtomicBool) -> io::Result<Vec<Captured>> {
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, Duration::from_millis(20).as_millis() as i32) };
+        unsafe {
+            libc::poll(
+                &raw mut pfd,
+                1,
+                Duration::from_millis(20).as_millis() as i32,
+            )
+        };
     }
 }
 
@@ -592,7 +604,7 @@ fn read_loop(fd: &OwnedFd, stop: &AtomicBool) -> io::Result<Vec<Captured>> {
 fn recv(fd: &OwnedFd) -> io::Result<Option<Captured>> {
     let mut buf = [0u8; SNAPLEN];
     let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_base: buf.as_mut_ptr().cast::<libc::c_void>(),
         iov_len: buf.len(),
     };
     // SAFETY: zeroed sockaddr_ll is valid storage.
@@ -600,15 +612,15 @@ fn recv(fd: &OwnedFd) -> io::Result<Option<Captured>> {
     let mut control = [MaybeUninit::<u64>::uninit(); 16];
     // SAFETY: zeroed msghdr is valid; the pointers set below outlive the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = &mut from as *mut _ as *mut libc::c_void;
+    msg.msg_name = (&raw mut from).cast::<libc::c_void>();
     msg.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
-    msg.msg_iov = &mut iov;
+    msg.msg_iov = &raw mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_control = control.as_mut_ptr().cast::<libc::c_void>();
     msg.msg_controllen = size_of::<[u64; 16]>();
     loop {
         // SAFETY: `msg` describes valid buffers.
-        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut msg, libc::MSG_TRUNC) };
         if n >= 0 {
             let len = n as usize;
             let vlan = auxdata_vlan(&msg);
@@ -622,9 +634,9 @@ fn recv(fd: &OwnedFd) -> io::Result<Option<Captured>> {
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::EAGAIN) => return Ok(None),
-            Some(libc::EINTR) => continue,
-            // The interface went down (or came back): reported once, frames stay queued.
-            Some(libc::ENETDOWN) => continue,
+            // Interrupted, or the interface went down (or came back): reported once, frames
+            // stay queued.
+            Some(libc::EINTR | libc::ENETDOWN) => {}
             _ => return Err(err),
         }
     }

@@ -98,7 +98,10 @@ impl Daemon {
     /// the daemon's), on this and every later start.
     pub fn start_wrapped(ns: &Netns, wrapper: &[&str], args: &[&str]) -> Daemon {
         let mut d = Daemon::prepare(ns, args);
-        d.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        d.wrapper = wrapper
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         d.spawn();
         d.wait_ready();
         d
@@ -115,7 +118,7 @@ impl Daemon {
             dir,
             pin_dir: Path::new("/sys/fs/bpf").join(&id),
             wrapper: Vec::new(),
-            args: args.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(std::string::ToString::to_string).collect(),
             child: None,
             starts: 0,
         }

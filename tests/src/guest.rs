@@ -82,13 +82,15 @@ impl GuestImage {
 /// The cache directory: `target/mat-guest`.
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("tests/ lives in the workspace")
-                .join("target")
-        })
+        .map_or_else(
+            || {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .parent()
+                    .expect("tests/ lives in the workspace")
+                    .join("target")
+            },
+            PathBuf::from,
+        )
         .join("mat-guest")
 }
 
@@ -186,9 +188,11 @@ fn build(package: &str, dir: &Path) {
     }
     fs::write(out.join("initrd.cpio"), cpio.finish()).expect("writing the initramfs");
     // Whole or not at all: a concurrent build that won keeps its copy.
-    if fs::rename(&out, dir).is_err() && !dir.join("initrd.cpio").is_file() {
-        panic!("could not move the guest image into {}", dir.display());
-    }
+    assert!(
+        fs::rename(&out, dir).is_ok() || dir.join("initrd.cpio").is_file(),
+        "could not move the guest image into {}",
+        dir.display()
+    );
 }
 
 /// The first file under `dir` (recursively) whose name satisfies `pred`.

@@ -36,6 +36,10 @@ fn capabilities_cache() -> PathBuf {
 }
 
 /// A libvirtd (with its virtlogd) of a test's own.
+#[expect(
+    clippy::struct_field_names,
+    reason = "libvirtd beside virtlogd: the daemons' names"
+)]
 pub struct Libvirtd {
     dir: PathBuf,
     netns: String,
@@ -169,7 +173,7 @@ impl Libvirtd {
         self.libvirtd =
             Some(self.spawn("libvirtd", &["-p", "/run/libvirt/libvirtd.pid"], "libvirtd"));
         // The first connection waits for the QEMU driver (capabilities probed or loaded).
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             if let Some(status) = self
                 .libvirtd
@@ -412,6 +416,10 @@ pub enum Nic<'a> {
 /// (guest MAC `mac`, static address `addr` like `198.51.100.10/24`, and `addr6` like
 /// `2001:db8::10/64` if given), its serial console appended to `console`, and MAT metadata
 /// announcing the addresses.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "a NIC description is built for one domain"
+)]
 pub fn domain_xml(
     name: &str,
     image: &crate::guest::GuestImage,

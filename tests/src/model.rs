@@ -17,6 +17,11 @@
 //!   cannot be read); so is an extension header or an ICMPv6 header that does not have its first 8
 //!   bytes in the frame.
 
+#![expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "the model takes MACs by reference, as the frames it reads them from"
+)]
+
 use std::collections::HashMap;
 
 use mat_common::{

@@ -95,7 +95,7 @@ impl Tap {
             // SAFETY: one valid pollfd.
             unsafe {
                 libc::poll(
-                    &mut pfd,
+                    &raw mut pfd,
                     1,
                     left.as_millis().clamp(1, i32::MAX as u128) as i32,
                 )

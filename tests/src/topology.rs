@@ -578,7 +578,7 @@ pub fn tcp_transfer(
 /// Order-sensitive checksum of a byte stream.
 fn checksum(mut sum: u64, data: &[u8]) -> u64 {
     for &b in data {
-        sum = sum.wrapping_mul(0x100_0000_01b3).wrapping_add(b as u64);
+        sum = sum.wrapping_mul(0x100_0000_01b3).wrapping_add(u64::from(b));
     }
     sum
 }

@@ -181,24 +181,21 @@ impl Storm<'_> {
         let before = self.model[port].clone();
         if let Some(ok) = reply.get("ok") {
             self.acked += 1;
-            match ident {
-                Some(ident) => {
-                    assert_eq!(before, Slot::Unbound, "attach acknowledged on a bound port");
-                    assert!(self.port_of(ident).is_none(), "identity bound twice");
-                    let outside = ok["outside"].as_str().unwrap().to_owned();
-                    self.model
-                        .insert(port.into(), Slot::Bound { ident, outside });
+            if let Some(ident) = ident {
+                assert_eq!(before, Slot::Unbound, "attach acknowledged on a bound port");
+                assert!(self.port_of(ident).is_none(), "identity bound twice");
+                let outside = ok["outside"].as_str().unwrap().to_owned();
+                self.model
+                    .insert(port.into(), Slot::Bound { ident, outside });
+            } else {
+                let Slot::Bound { ident, outside } = &before else {
+                    panic!("detach acknowledged on an unbound port {port}: {reply}");
+                };
+                assert_eq!(ok["released"][0]["outside"], outside.as_str());
+                if let Some(vm) = req.get("vm") {
+                    assert_eq!(vm, &json!(identity(*ident).0));
                 }
-                None => {
-                    let Slot::Bound { ident, outside } = &before else {
-                        panic!("detach acknowledged on an unbound port {port}: {reply}");
-                    };
-                    assert_eq!(ok["released"][0]["outside"], outside.as_str());
-                    if let Some(vm) = req.get("vm") {
-                        assert_eq!(vm, &json!(identity(*ident).0));
-                    }
-                    self.model.insert(port.into(), Slot::Unbound);
-                }
+                self.model.insert(port.into(), Slot::Unbound);
             }
             self.assert_unique_outside();
             return;

@@ -12,6 +12,12 @@
 //! The seed is printed; `MAT_DIFF_SEED=<n>` replays a run and `MAT_DIFF_FRAMES=<n>` changes the
 //! number of frames per program (default 100,000).
 
+#![expect(
+    clippy::trivially_copy_pass_by_ref,
+    clippy::large_types_passed_by_value,
+    reason = "helpers take MACs by reference like the model, and counters by value as snapshots"
+)]
+
 use std::{collections::HashSet, os::fd::AsFd, time::Instant};
 
 use mat_common::{
@@ -60,8 +66,9 @@ fn seed() -> u64 {
 fn frames_per_program() -> usize {
     std::env::var("MAT_DIFF_FRAMES")
         .ok()
-        .map(|s| s.trim().parse().expect("MAT_DIFF_FRAMES: a number"))
-        .unwrap_or(DEFAULT_FRAMES)
+        .map_or(DEFAULT_FRAMES, |s| {
+            s.trim().parse().expect("MAT_DIFF_FRAMES: a number")
+        })
 }
 
 fn hex(b: &[u8]) -> String {
@@ -599,7 +606,7 @@ macro_rules! events {
         while let Some(item) = $ring.next() {
             assert_eq!(item.len(), std::mem::size_of::<Event>());
             // SAFETY: `Event` is plain repr(C) data of exactly this size.
-            v.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
+            v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
         }
         v
     }};
@@ -804,13 +811,13 @@ fn differential(prog: Program, stream: u64) {
         .into_iter()
         .map(|(k, ip)| (k.ifindex, k.mac, ip.octets()))
         .collect();
-    kernel_learned.sort();
+    kernel_learned.sort_unstable();
     let mut model_learned: Vec<_> = learner
         .ipv4()
         .iter()
         .map(|(k, ip)| (k.ifindex, k.mac, *ip))
         .collect();
-    model_learned.sort();
+    model_learned.sort_unstable();
     assert_eq!(
         kernel_learned,
         model_learned,

@@ -272,8 +272,17 @@ fn check_counters(lab: &Lab, mode: Mode, obs: &Observed) {
 /// on what the hypervisor's uplink sent (what it received was captured after its XDP program,
 /// which in uplink mode has already translated it back).
 fn check_wire(lab: &Lab, obs: &Observed, vms: &[usize]) {
-    let peer: Vec<Addrs> = obs.peer.frames.iter().map(|f| f.addrs()).collect();
-    let uplink: Vec<Addrs> = obs.uplink.outgoing().map(|f| f.addrs()).collect();
+    let peer: Vec<Addrs> = obs
+        .peer
+        .frames
+        .iter()
+        .map(mat_tests::capture::Captured::addrs)
+        .collect();
+    let uplink: Vec<Addrs> = obs
+        .uplink
+        .outgoing()
+        .map(mat_tests::capture::Captured::addrs)
+        .collect();
     for (what, addrs) in [("peer", &peer), ("uplink", &uplink)] {
         assert!(!addrs.is_empty(), "nothing captured at the {what}");
         for a in addrs {
@@ -495,7 +504,11 @@ fn data_plane_outlives_its_loader() {
     must(ping(&vm.ns, lab.peer.ip, 3));
     thread::sleep(Duration::from_millis(100));
     let report = capture.stop();
-    let addrs: Vec<Addrs> = report.frames.iter().map(|f| f.addrs()).collect();
+    let addrs: Vec<Addrs> = report
+        .frames
+        .iter()
+        .map(mat_tests::capture::Captured::addrs)
+        .collect();
     assert!(addrs.iter().any(|a| a.src == outside(0)));
     assert!(addrs
         .iter()

@@ -784,6 +784,10 @@ fn dhcp_to_vm_cases(s: Side, translate: bool) -> Vec<Case> {
 /// refuses the frame; below `complete` bytes the headers the rules need are cut short
 /// (Malformed); from `complete` bytes on the frame gets `full`'s verdict, with `full`'s frame cut
 /// to the same length.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "each case table takes its expectation whole"
+)]
 fn truncations(
     name: &str,
     prog: Program,
@@ -1062,7 +1066,7 @@ macro_rules! events {
         while let Some(item) = $ring.next() {
             assert_eq!(item.len(), std::mem::size_of::<Event>());
             // SAFETY: `Event` is plain repr(C) data of exactly this size.
-            v.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
+            v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
         }
         v
     }};
@@ -1163,7 +1167,7 @@ fn learned_addresses() {
     let mut ring = dp.take_events().unwrap();
     let learned = |dp: &Dataplane| {
         let mut v: Vec<_> = dp.learned().unwrap().into_iter().map(|(k, ip)| (k.ifindex, k.mac, ip.octets())).collect();
-        v.sort();
+        v.sort_unstable();
         v
     };
 

@@ -500,7 +500,7 @@ fn out_of_descriptors_the_daemon_backs_off_keeps_its_bindings_and_stores_only_wh
     wait_for("the port check", Duration::from_secs(4), || {
         d.log().contains("cannot tell whether a port still exists")
     });
-    let (cpu, window) = (cpu_time(pid) - cpu0, t0.elapsed());
+    let (cpu, window) = (cpu_time(pid).checked_sub(cpu0).unwrap(), t0.elapsed());
     let log_len = fs::metadata(d.log_path()).unwrap().len();
     eprintln!("out of descriptors for {window:?}: {cpu:?} CPU, log {log_len} bytes");
     assert!(log_len < 100_000, "the log grew to {log_len} bytes");
@@ -716,7 +716,7 @@ fn a_vm_cannot_make_the_daemon_flood_announcements() {
             ZERO,
             [192, 0, 2, 253],
         ))
-        .expect("sending from the tap")
+        .expect("sending from the tap");
     };
     // Its first frame (not ARP): "the VM runs", nothing to announce yet.
     tap.send(&frames::ipv4_udp(lab.peer.mac, inside, &[], 16))

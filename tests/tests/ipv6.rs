@@ -140,7 +140,7 @@ fn nd_with(report: &Report, kind: u8, option: u8, mac: Mac) -> Vec<Addrs> {
     report
         .frames
         .iter()
-        .map(|f| f.addrs())
+        .map(mat_tests::capture::Captured::addrs)
         .filter(|a| {
             a.nd.as_ref()
                 .is_some_and(|nd| nd.kind == kind && nd.option(option) == Some(mac))
@@ -282,7 +282,7 @@ fn ping_over_ipv6_through_mat() {
     }
     let own: Vec<Addrs> = vm0_seen
         .incoming()
-        .map(|f| f.addrs())
+        .map(mat_tests::capture::Captured::addrs)
         .filter(|a| {
             a.nd.as_ref()
                 .is_some_and(|nd| nd.kind == ND_NA && [vm0.ip6, ll0].contains(&nd.target.unwrap()))
@@ -366,7 +366,7 @@ fn a_spoofed_neighbor_advertisement_never_reaches_the_peer() {
     let claims: Vec<Addrs> = seen
         .frames
         .iter()
-        .map(|f| f.addrs())
+        .map(mat_tests::capture::Captured::addrs)
         .filter(|a| {
             a.nd.as_ref()
                 .is_some_and(|nd| nd.kind == ND_NA && nd.target == Some(victim.ip6))

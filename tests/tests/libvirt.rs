@@ -154,7 +154,7 @@ impl Lab {
     /// Waits for the guest's ready line, then until the peer's pings get through.
     fn wait_reachable(&self, dom: &str) {
         let t = Instant::now();
-        wait_for_line(&self.console(dom), READY, Duration::from_secs(120));
+        wait_for_line(&self.console(dom), READY, Duration::from_mins(2));
         eprintln!("libvirt: {dom} ready after {:?}", t.elapsed());
         let deadline = Instant::now() + Duration::from_secs(30);
         while let Err(e) = ping(&self.peer, GUEST_IP, 2) {
@@ -239,7 +239,9 @@ fn assert_only_outside(frames: &[Vec<u8>], inside: &str, outside: &str) -> usize
 
 #[test]
 fn start_reconnect_and_stop_under_libvirt() {
-    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut lab = Lab::new(1);
     let dom = unique("matvm");
     let mac = guest_mac();
@@ -406,7 +408,9 @@ impl Drop for PingGuard {
 
 #[test]
 fn live_migration_between_two_libvirtd() {
-    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut lab = Lab::new(2);
     let a = &lab.hosts[0];
     let dom = unique("matvm");

@@ -37,9 +37,7 @@ impl Package {
 fn package() -> &'static Package {
     static PACKAGE: OnceLock<Package> = OnceLock::new();
     PACKAGE.get_or_init(|| {
-        let deb = std::env::var_os("MAT_DEB")
-            .map(PathBuf::from)
-            .unwrap_or_else(build);
+        let deb = std::env::var_os("MAT_DEB").map_or_else(build, PathBuf::from);
         assert!(deb.is_file(), "no package at {}", deb.display());
         // Beside the .deb (under the target directory), unpacked anew by every run; the helpers
         // run its binary for the whole test process.
@@ -423,7 +421,8 @@ fn packaged_daemon_smoke() {
 /// `systemd-analyze syscall-filter`.
 fn allowed_syscalls() -> std::collections::BTreeSet<String> {
     let out = ok(Command::new("systemd-analyze").arg("syscall-filter"));
-    let mut groups: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut groups: std::collections::HashMap<String, Vec<String>> =
+        std::collections::HashMap::default();
     let mut current = None;
     for line in text(&out.stdout).lines() {
         if line.starts_with('@') {

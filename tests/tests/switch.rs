@@ -52,7 +52,7 @@ fn bench() -> Bench {
         ns.ip(&["link", "set", &p, "up"]);
         ns.ip(&["link", "set", &q, "up"]);
     }
-    let sw = SwitchGuard::create(&ns, &PORTS, Duration::from_secs(300), false);
+    let sw = SwitchGuard::create(&ns, &PORTS, Duration::from_mins(5), false);
     ns.enter(|| {
         let mut s = sw.open();
         let r = |vlan, prefix: &str, port: &str| RouteSpec {
@@ -280,13 +280,13 @@ fn learning_fallback_and_ageing() {
     let to_aged = ipv4_udp(aged, other, &[dot1q(20)], 18);
     b.with(|s| {
         s.learn(20, Mac(aged), "p2", Duration::from_secs(299))
-            .unwrap()
+            .unwrap();
     });
     let s = b.run(&to_aged, "p0");
     assert_eq!(counted(&s.counters), [0, 1, 0, 0], "299 s: still learned");
     b.with(|s| {
         s.learn(20, Mac(aged), "p2", Duration::from_secs(301))
-            .unwrap()
+            .unwrap();
     });
     let s = b.run(&to_aged, "p0");
     assert_eq!(
@@ -465,7 +465,7 @@ fn end_to_end() {
         ports.push(port);
     }
     let refs: Vec<&str> = ports.iter().map(String::as_str).collect();
-    let sw = SwitchGuard::create(&sw_ns, &refs, Duration::from_secs(300), false);
+    let sw = SwitchGuard::create(&sw_ns, &refs, Duration::from_mins(5), false);
     for (prefix, port) in [
         ("02:00:5e:01:01:00/40", "s0"),
         ("02:00:5e:01:02:00/40", "s1"),

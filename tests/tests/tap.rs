@@ -123,7 +123,11 @@ fn tap_port_translates_guest_frames() {
     std::thread::sleep(Duration::from_millis(100));
     let wire = capture.stop();
     wire.assert_complete("the peer");
-    let wire: Vec<Addrs> = wire.frames.iter().map(|f| f.addrs()).collect();
+    let wire: Vec<Addrs> = wire
+        .frames
+        .iter()
+        .map(mat_tests::capture::Captured::addrs)
+        .collect();
     for a in &wire {
         assert!(
             !a.all().contains(&inside),

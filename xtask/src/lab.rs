@@ -165,7 +165,7 @@ impl Fabric {
                 f.switches.push(SwitchGuard::create(
                     &tor,
                     &refs,
-                    Duration::from_secs(300),
+                    Duration::from_mins(5),
                     false,
                 ));
             } else {
@@ -179,7 +179,7 @@ impl Fabric {
             f.switches.push(SwitchGuard::create(
                 &f.core,
                 &refs,
-                Duration::from_secs(300),
+                Duration::from_mins(5),
                 false,
             ));
         } else {
@@ -524,6 +524,10 @@ fn measure_flush(mat: &Fabric, flat: &Fabric, size: Size, out: &mut Flush) -> Re
 }
 
 /// The first VM moves to a hypervisor of the last rack while the peer pings it every 10 ms.
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "a step of the lab like the others, which fail"
+)]
 fn measure_move(f: &mut Fabric, size: Size) -> Result<Move> {
     if size.racks < 2 {
         return Ok(Move::default());
@@ -571,7 +575,7 @@ fn forwarding(kind: &str, seconds: u32) -> Result<(f64, f64)> {
         bridge(&s, &["pa".into(), "pb".into()]);
         None
     } else {
-        let sw = SwitchGuard::create(&s, &["pa", "pb"], Duration::from_secs(300), kind == "xdp");
+        let sw = SwitchGuard::create(&s, &["pa", "pb"], Duration::from_mins(5), kind == "xdp");
         s.enter(|| {
             sw.open().add_routes(&[
                 RouteSpec {

@@ -83,7 +83,11 @@ pub fn run() -> Result<PathBuf> {
         .lines()
         .rev()
         .map(str::trim)
-        .find(|l| l.ends_with(".deb"))
+        .find(|l| {
+            std::path::Path::new(l)
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("deb"))
+        })
         .map(PathBuf::from)
         .context("cargo deb printed no package path")?;
     if !deb.is_file() {
@@ -96,12 +100,14 @@ pub fn run() -> Result<PathBuf> {
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|p| {
-            if p.is_absolute() {
-                p
-            } else {
-                workspace().join(p)
-            }
-        })
-        .unwrap_or_else(|| workspace().join("target"))
+        .map_or_else(
+            || workspace().join("target"),
+            |p| {
+                if p.is_absolute() {
+                    p
+                } else {
+                    workspace().join(p)
+                }
+            },
+        )
 }

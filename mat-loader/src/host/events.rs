@@ -29,63 +29,60 @@ impl Host {
             .bindings
             .iter()
             .find(|b| b.ifindex == ifindex && b.inside == inside)?;
-        let ips = match learned {
-            Some(ip) => {
-                if !announce::announceable(ip) {
+        let ips = if let Some(ip) = learned {
+            if !announce::announceable(ip) {
+                return None;
+            }
+            if let Some(owner) = self
+                .state
+                .bindings
+                .iter()
+                .find(|o| o.ifindex != ifindex && o.ips.contains(&ip))
+            {
+                if let Some(claims) = self.conflicts.hit(b.outside, std::time::Instant::now()) {
+                    warn!(%ip, port = b.port, vm = b.vm, owner_port = owner.port,
+                          owner_vm = owner.vm, claims,
+                          "a VM claims an address given to another: not announced");
+                }
+                return None;
+            }
+            if let IpAddr::V6(v6) = ip {
+                // The data plane remembers only the last address a VM claimed: a VM with a
+                // link-local and a global address reports them in turn. One already given or
+                // learned is not announced again (its announcement still stands).
+                let given = b.ips.contains(&ip);
+                let known = self.learned6.entry((ifindex, inside)).or_default();
+                let seen = known.contains(&v6);
+                known.retain(|&k| k != v6);
+                known.push(v6);
+                if known.len() > LEARNED6_MAX {
+                    known.remove(0);
+                }
+                if given || seen {
                     return None;
                 }
-                if let Some(owner) = self
-                    .state
-                    .bindings
-                    .iter()
-                    .find(|o| o.ifindex != ifindex && o.ips.contains(&ip))
-                {
-                    if let Some(claims) = self.conflicts.hit(b.outside, std::time::Instant::now()) {
-                        warn!(%ip, port = b.port, vm = b.vm, owner_port = owner.port,
-                              owner_vm = owner.vm, claims,
-                              "a VM claims an address given to another: not announced");
-                    }
-                    return None;
-                }
-                if let IpAddr::V6(v6) = ip {
-                    // The data plane remembers only the last address a VM claimed: a VM with a
-                    // link-local and a global address reports them in turn. One already given or
-                    // learned is not announced again (its announcement still stands).
-                    let given = b.ips.contains(&ip);
-                    let known = self.learned6.entry((ifindex, inside)).or_default();
-                    let seen = known.contains(&v6);
-                    known.retain(|&k| k != v6);
-                    known.push(v6);
-                    if known.len() > LEARNED6_MAX {
-                        known.remove(0);
-                    }
-                    if given || seen {
-                        return None;
-                    }
-                }
-                vec![ip]
             }
-            None => {
-                let mut ips = b.ips.clone();
-                ips.extend(
-                    self.dp
-                        .learned_for(ifindex, inside.0)
-                        .ok()
-                        .flatten()
-                        .map(IpAddr::V4)
-                        .filter(|&ip| announce::announceable(ip)),
-                );
-                ips.extend(
-                    self.learned6
-                        .get(&(ifindex, inside))
-                        .into_iter()
-                        .flatten()
-                        .map(|&ip| IpAddr::V6(ip)),
-                );
-                ips.sort_unstable();
-                ips.dedup();
-                ips
-            }
+            vec![ip]
+        } else {
+            let mut ips = b.ips.clone();
+            ips.extend(
+                self.dp
+                    .learned_for(ifindex, inside.0)
+                    .ok()
+                    .flatten()
+                    .map(IpAddr::V4)
+                    .filter(|&ip| announce::announceable(ip)),
+            );
+            ips.extend(
+                self.learned6
+                    .get(&(ifindex, inside))
+                    .into_iter()
+                    .flatten()
+                    .map(|&ip| IpAddr::V6(ip)),
+            );
+            ips.sort_unstable();
+            ips.dedup();
+            ips
         };
         (!ips.is_empty()).then_some(Announce {
             ifindex,

@@ -182,6 +182,10 @@ impl Host {
 
     /// Makes `changes` durable, applies them to the state, then to the maps. If the maps refuse
     /// a binding, everything is undone (maps, state, disk) and the request is refused.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "a request's changes are handed over to be committed, never reused"
+    )]
     fn commit(&mut self, changes: Vec<Change>) -> Result<(), Refusal> {
         if changes.is_empty() {
             return Ok(());
@@ -373,7 +377,9 @@ impl Host {
         let ifindex = self.check_port(&req.port, link, req.force)?;
         let now = now_ms();
         let (mut changes, binding, source) = self.bind_changes(&self.state, &req, ifindex, now)?;
-        if !self.state.ports.iter().any(|p| p.ifindex == ifindex) {
+        if self.state.ports.iter().any(|p| p.ifindex == ifindex) {
+            self.commit(changes)?;
+        } else {
             // Programs first, so the binding works as soon as it is in the maps.
             self.dp.attach(&req.port, Mode::Port).map_err(|e| {
                 Refusal::internal(format!("attaching the programs to {}: {e}", req.port))
@@ -391,8 +397,6 @@ impl Host {
                 }
                 return Err(r);
             }
-        } else {
-            self.commit(changes)?;
         }
         info!(port = req.port, ifindex, vm = req.vm, inside = %req.inside,
               outside = %binding.outside, ?source, "attached");

@@ -57,7 +57,7 @@ const HOST_BITS: &str = "2";
 const BRIDGE_PORTS: usize = 1_000;
 
 /// How long a request, or the daemon's start, may take before the bench gives up.
-const PATIENCE: Duration = Duration::from_secs(600);
+const PATIENCE: Duration = Duration::from_mins(10);
 
 pub struct Config {
     pub sizes: Vec<usize>,
@@ -152,10 +152,10 @@ pub struct Report {
 /// set up and as long again to remove ([`PortsNs`]), with RTNL taken in turns against everything
 /// else on the machine.
 pub fn sizes(default: &[usize]) -> Vec<usize> {
-    std::env::var("MAT_BENCH_CONTROL_SIZES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| default.to_vec())
+    std::env::var("MAT_BENCH_CONTROL_SIZES").ok().map_or_else(
+        || default.to_vec(),
+        |v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+    )
 }
 
 pub fn run(cfg: &Config) -> Result<Report> {
@@ -430,6 +430,7 @@ fn attach(port: &str, mac: String, vm: String) -> Request {
         vm: Some(vm),
         ips: Vec::new(),
         force: false,
+        port_security: None,
     }
 }
 
@@ -519,6 +520,7 @@ fn store_cost(state: &Value, ops: usize, dir: &Path) -> Result<StoreCost> {
             outside: plan.mac_at(fresh),
             ips: Vec::new(),
             since: 0,
+            port_security: true,
         };
         store.commit(&[
             Change::NextFresh {

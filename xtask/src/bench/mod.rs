@@ -54,6 +54,10 @@ impl<T> Part<T> {
 }
 
 #[derive(Serialize)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "`target` is the JSON field's stable name"
+)]
 struct Target {
     what: String,
     target: String,

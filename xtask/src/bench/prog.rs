@@ -240,7 +240,7 @@ fn dhcp_discover(chaddr: MacAddr) -> Vec<u8> {
 fn cases() -> Vec<Case> {
     use Frame::{Cycles, Unchanged};
     use Outcome::{ArpRewritten, DhcpRewritten, Passed, SpoofDropped, Translated};
-    use Program::*;
+    use Program::{FloorTc, FloorXdp, PortFromVm, PortFromVmXdp, PortToVm, UplinkIn, UplinkOut};
     let ipv4 = |dst, src| frames::ipv4_udp(dst, src, &[], 18);
     let arp_reply =
         |dst, src, sha, spa, tha, tpa| frames::arp(dst, src, &[], 2, sha, spa, tha, tpa);
@@ -458,7 +458,7 @@ fn thread_cpu_ns() -> u128 {
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid timespec for the call to fill in.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }

@@ -54,7 +54,7 @@ impl Relay {
         ] {
             let stop = stop.clone();
             threads.push(std::thread::spawn(move || {
-                copy(from.as_raw_fd(), to.as_raw_fd(), &stop)
+                copy(from.as_raw_fd(), to.as_raw_fd(), &stop);
             }));
         }
         Ok(Relay { stop, threads })
@@ -80,7 +80,7 @@ fn copy(from: RawFd, to: RawFd, stop: &AtomicBool) {
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+        if unsafe { libc::poll(&raw mut pfd, 1, 100) } <= 0 {
             continue;
         }
         // SAFETY: `buf` is writable for its length; both fds stay open while the thread runs.
@@ -141,7 +141,7 @@ fn packet_socket(ifname: &str) -> io::Result<OwnedFd> {
                 fd,
                 level,
                 opt,
-                (val as *const libc::c_int).cast(),
+                std::ptr::from_ref::<libc::c_int>(val).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
@@ -158,7 +158,7 @@ fn packet_socket(ifname: &str) -> io::Result<OwnedFd> {
     let r = unsafe {
         libc::bind(
             fd,
-            (&addr as *const libc::sockaddr_ll).cast(),
+            (&raw const addr).cast(),
             std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         )
     };

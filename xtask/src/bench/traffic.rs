@@ -220,11 +220,11 @@ pub fn run(cfg: &Config) -> Result<Report> {
         match std::panic::catch_unwind(|| Lab::new(kind)) {
             Ok(Ok(lab)) => labs.push(lab),
             Ok(Err(e)) if kind != Kind::Baseline => {
-                skipped.push(format!("{}: {e:#}", kind.label()))
+                skipped.push(format!("{}: {e:#}", kind.label()));
             }
             Ok(Err(e)) => return Err(e.context("the baseline")),
             Err(_) if kind != Kind::Baseline => {
-                skipped.push(format!("{}: set-up panicked (see stderr)", kind.label()))
+                skipped.push(format!("{}: set-up panicked (see stderr)", kind.label()));
             }
             Err(_) => bail!("setting up the baseline panicked (see stderr)"),
         }
@@ -718,14 +718,16 @@ fn iperf3_version() -> String {
     Command::new("iperf3")
         .arg("--version")
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("iperf3")
-                .to_owned()
-        })
-        .unwrap_or_else(|_| "iperf3".into())
+        .map_or_else(
+            |_| "iperf3".into(),
+            |o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("iperf3")
+                    .to_owned()
+            },
+        )
 }
 
 /// Runs `program args` in the namespace; its stdout, or an error with its stderr.

@@ -2,6 +2,7 @@
 //! from mat-common.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
@@ -25,8 +26,9 @@ static FROM_VM: HashMap<BindingKey, Binding> = HashMap::pinned(MAX_BINDINGS, 0);
 #[map(name = "MAT_TO_VM")]
 static TO_VM: HashMap<BindingKey, Binding> = HashMap::pinned(MAX_BINDINGS, 0);
 
+/// Mmapable, so that the control plane reads the whole table through its pages.
 #[map(name = "MAT_PORTS")]
-static PORTS: Array<PortSlot> = Array::pinned(PORT_SLOTS, 0);
+static PORTS: Array<PortSlot> = Array::pinned(PORT_SLOTS, BPF_F_MMAPABLE);
 
 #[map(name = "MAT_PORT_OVERFLOW")]
 static PORT_OVERFLOW: HashMap<u32, PortSlot> = HashMap::pinned(PORT_OVERFLOW_ENTRIES, 0);

@@ -6,6 +6,7 @@ use nix::{
 };
 use std::{
     net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
 };
 
@@ -28,6 +29,7 @@ use mat_common::{
 
 use crate::{
     bpffs, layout,
+    mmap::Mmap,
     program::{Hookpoint, Mode, Program},
     ringbuf::EventRing,
     Error,
@@ -273,10 +275,27 @@ impl Dataplane {
 
     /// Every bound port, from the port table and its overflow.
     pub fn port_slots(&self) -> Result<Vec<PortSlot>, Error> {
+        // The table is an mmapable array: read through its pages, not 65,536 lookups (a
+        // system call each, at every start and every `mat list`). The kernel lays elements out
+        // every `value_size` rounded up to 8 bytes.
+        let stride = std::mem::size_of::<PortSlot>().next_multiple_of(8);
+        let aya::maps::Map::Array(data) = self.map(names::PORTS) else {
+            panic!("{} is an array", names::PORTS);
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        let table = Mmap::new(fd, PORT_SLOTS as usize * stride, libc::PROT_READ, 0)?;
         let mut out = Vec::new();
-        let ports = self.ports()?;
-        for i in 0..PORT_SLOTS {
-            let p = ports.get(&i, 0)?;
+        for i in 0..PORT_SLOTS as usize {
+            // SAFETY: inside the mapping; PortSlot is plain data, read unaligned.
+            let p = unsafe {
+                table
+                    .ptr
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(i * stride)
+                    .cast::<PortSlot>()
+                    .read_unaligned()
+            };
             if p.ifindex != 0 {
                 out.push(p);
             }

@@ -7,6 +7,7 @@ mod bpffs;
 mod dataplane;
 mod error;
 mod layout;
+mod mmap;
 mod program;
 mod ringbuf;
 mod systemd;

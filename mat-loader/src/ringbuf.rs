@@ -16,52 +16,16 @@
 use std::{
     io,
     os::fd::{AsFd, AsRawFd, RawFd},
-    ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicUsize, Ordering},
 };
 
 use aya::maps::MapData;
 
+use crate::mmap::Mmap;
+
 const BUSY: u32 = 1 << 31;
 const DISCARD: u32 = 1 << 30;
 const HEADER: usize = 8;
-
-/// A mapping, unmapped on drop.
-struct Mmap {
-    ptr: NonNull<libc::c_void>,
-    len: usize,
-}
-
-impl Mmap {
-    fn new(fd: RawFd, len: usize, prot: libc::c_int, offset: usize) -> io::Result<Mmap> {
-        // SAFETY: a fresh shared mapping of the map's pages; the kernel checks `prot`, `len`
-        // and `offset` against the ring buffer.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd,
-                offset as libc::off_t,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Mmap {
-            ptr: NonNull::new(ptr).ok_or_else(|| io::Error::other("mmap returned null"))?,
-            len,
-        })
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.ptr.as_ptr(), self.len) };
-    }
-}
 
 /// The event ring buffer, for one consumer.
 pub struct EventRing {

@@ -22,8 +22,37 @@ pub struct Outcome {
     pub duration_ns: u32,
 }
 
+/// `struct __sk_buff` up to `ifindex` (offset 40) is what the kernel lets a test set; the rest is
+/// zero. Sized as the kernel's (192 bytes on this ABI).
+const SKB_LEN: usize = 192;
+const SKB_IFINDEX: usize = 40;
+/// `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+const XDP_MD_LEN: usize = 24;
+const XDP_INGRESS_IFINDEX: usize = 12;
+
 /// Runs `frame` through the program `repeat` times (at least once).
 pub fn run(prog: &impl AsFd, frame: &[u8], repeat: u32) -> io::Result<Outcome> {
+    run_in(prog, frame, &mut [], repeat)
+}
+
+/// Runs `frame` through a TC program as if it arrived on `ifindex` (the switch decides by the
+/// port a frame came in on).
+pub fn tc_on(prog: &impl AsFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<Outcome> {
+    let mut ctx = [0u8; SKB_LEN];
+    ctx[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    run_in(prog, frame, &mut ctx, repeat)
+}
+
+/// Runs `frame` through an XDP program as if it arrived on `ifindex`.
+pub fn xdp_on(prog: &impl AsFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<Outcome> {
+    let mut ctx = [0u8; XDP_MD_LEN];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[XDP_INGRESS_IFINDEX..XDP_INGRESS_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    run_in(prog, frame, &mut ctx, repeat)
+}
+
+/// The test run with a context (`ctx` empty: none).
+fn run_in(prog: &impl AsFd, frame: &[u8], ctx: &mut [u8], repeat: u32) -> io::Result<Outcome> {
     let mut out = vec![0u8; frame.len() + 256];
     // SAFETY: an all-zero bpf_attr is valid; only the `test` member is used.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
@@ -35,6 +64,10 @@ pub fn run(prog: &impl AsFd, frame: &[u8], repeat: u32) -> io::Result<Outcome> {
         t.data_size_in = frame.len() as u32;
         t.data_out = out.as_mut_ptr() as u64;
         t.data_size_out = out.len() as u32;
+        if !ctx.is_empty() {
+            t.ctx_in = ctx.as_ptr() as u64;
+            t.ctx_size_in = ctx.len() as u32;
+        }
         t.repeat = repeat;
     }
     // SAFETY: `attr` and the buffers it points at outlive the call.

@@ -8,7 +8,6 @@
 
 mod error;
 mod switch;
-pub mod test_run;
 pub mod views;
 
 pub use error::Error;

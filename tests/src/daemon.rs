@@ -43,24 +43,30 @@ pub fn mat_binary() -> &'static Path {
         if let Some(p) = std::env::var_os("MAT_BIN") {
             return PathBuf::from(p);
         }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let out = Command::new(&cargo)
-            .args(["build", "--quiet", "-p", "mat-loader", "--bin", "mat"])
-            .args(["--message-format", "json"])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("running {cargo}: {e}"));
-        assert!(out.status.success(), "cargo build of mat failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "mat")
-            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported no executable for mat")
+        cargo_binary("mat-loader", "mat")
     })
+}
+
+/// Builds `bin` of the workspace's `package` with the cargo running the tests, and returns its
+/// path.
+pub fn cargo_binary(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let out = Command::new(&cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .args(["--message-format", "json"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cargo}: {e}"));
+    assert!(out.status.success(), "cargo build of {bin} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == bin)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo reported no executable for {bin}"))
 }
 
 /// A binding map entry: (ifindex, key MAC, value MAC).
@@ -265,6 +271,23 @@ impl Daemon {
         String::from_utf8(out.stdout).expect("UTF-8 output")
     }
 
+    /// Like [`Daemon::cli`], and panics unless the daemon refused it with `code` (exit 1, the
+    /// CLI's `mat: refused (CODE): ...` line).
+    pub fn cli_refused(&self, args: &[&str], code: &str) {
+        let out = self.cli(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "mat {args:?} should be refused: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(&format!("mat: refused ({code}):")),
+            "mat {args:?}: expected {code}, got {}",
+            stderr(&out)
+        );
+    }
+
     /// `mat ... --json` parsed.
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();
@@ -389,4 +412,16 @@ pub fn bindings(list: &serde_json::Value) -> Vec<(String, String, String)> {
 /// `aa:bb:...` of a MAC, as the daemon prints it.
 pub fn mac_str(mac: &Mac) -> String {
     fmt_mac(mac)
+}
+
+/// A command's stderr, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The code of a protocol error reply; panics on anything else.
+pub fn error_code(reply: &serde_json::Value) -> &str {
+    reply["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error: {reply}"))
 }

@@ -583,6 +583,47 @@ fn checksum(mut sum: u64, data: &[u8]) -> u64 {
     sum
 }
 
+/// A second hypervisor beside a [`Lab`]'s: its own namespace and bridge, trunked to the lab's
+/// bridge (one L2 segment), and the name a VM port moved there gets.
+pub struct SecondHypervisor {
+    pub ns: Netns,
+    pub bridge: String,
+    pub port: String,
+}
+
+impl Lab {
+    /// Adds a second hypervisor trunked to this one's bridge, and waits until it forwards.
+    pub fn second_hypervisor(&self) -> SecondHypervisor {
+        let ns = Netns::new("mh2");
+        let id = &self.bridge[3..];
+        let (bridge, t1, t2, port) = (
+            format!("b2-{id}"),
+            format!("t1-{id}"),
+            format!("t2-{id}"),
+            format!("q0-{id}"),
+        );
+        ns.ip(&["link", "add", &bridge, "type", "bridge"]);
+        ns.ip(&["link", "set", &bridge, "up"]);
+        self.hv.ip(&[
+            "link",
+            "add",
+            &t1,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &t2,
+            "netns",
+            ns.name(),
+        ]);
+        self.hv
+            .ip(&["link", "set", &t1, "master", &self.bridge, "up"]);
+        ns.ip(&["link", "set", &t2, "master", &bridge, "up"]);
+        self.wait_forwarding();
+        SecondHypervisor { ns, bridge, port }
+    }
+}
+
 /// A ping every 10 ms from a namespace, in the background, to check that nothing is lost while
 /// something changes underneath.
 pub struct PingStream {

@@ -11,7 +11,7 @@ use std::{
 
 use mat_tests::{
     capture::Capture,
-    daemon::{bindings, mac_str, mat_binary, Daemon, TempDir, POOL},
+    daemon::{bindings, error_code, mac_str, mat_binary, stderr, Daemon, TempDir, POOL},
     netns::Netns,
     pins::unique,
     topology::{neighbour, ping, Lab, PEER_IP},
@@ -25,32 +25,6 @@ fn start(lab: &Lab, extra: &[&str]) -> Daemon {
     let mut args = PLAN.to_vec();
     args.extend_from_slice(extra);
     Daemon::start(&lab.hv, &args)
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Runs the CLI and checks that it was refused (exit 1) with `code`.
-fn refused(d: &Daemon, args: &[&str], code: &str) {
-    let out = d.cli(args);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "mat {args:?} should be refused: {}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains(&format!("({code})")),
-        "mat {args:?}: expected {code}, got {}",
-        stderr(&out)
-    );
-}
-
-fn error_code(reply: &Value) -> &str {
-    reply["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not an error: {reply}"))
 }
 
 #[test]
@@ -257,8 +231,8 @@ fn refusals_change_nothing() {
     let maps = d.maps();
     assert_eq!(maps.0.len(), 1);
 
-    refused(&d, &["attach", "nosuchport0", "--mac", &m1], "unknown_port");
-    refused(&d, &["attach", "lo", "--mac", &m1], "not_vm_port");
+    d.cli_refused(&["attach", "nosuchport0", "--mac", &m1], "unknown_port");
+    d.cli_refused(&["attach", "lo", "--mac", &m1], "not_vm_port");
     for bad in [
         "00:00:00:00:00:00",
         "01:00:5e:00:00:01",
@@ -267,18 +241,17 @@ fn refusals_change_nothing() {
         "02:00:5e:01:03:07",
         "02:00:5e:7f:00:01",
     ] {
-        refused(&d, &["attach", &vm1.port, "--mac", bad], "invalid_mac");
+        d.cli_refused(&["attach", &vm1.port, "--mac", bad], "invalid_mac");
     }
-    refused(&d, &["attach", &vm1.port, "--mac", &m0], "mac_in_use");
-    refused(&d, &["attach", &vm0.port, "--mac", &m1], "port_bound");
-    refused(
-        &d,
+    d.cli_refused(&["attach", &vm1.port, "--mac", &m0], "mac_in_use");
+    d.cli_refused(&["attach", &vm0.port, "--mac", &m1], "port_bound");
+    d.cli_refused(
         &["attach", &vm0.port, "--mac", &m0, "--vm", "vm0"],
         "port_bound",
     );
-    refused(&d, &["detach", &vm1.port], "not_bound");
-    refused(&d, &["detach", &vm0.port, "--mac", &m1], "not_bound");
-    refused(&d, &["detach", "--vm", "nobody"], "not_bound");
+    d.cli_refused(&["detach", &vm1.port], "not_bound");
+    d.cli_refused(&["detach", &vm0.port, "--mac", &m1], "not_bound");
+    d.cli_refused(&["detach", "--vm", "nobody"], "not_bound");
 
     // Usage errors: exit 2, nothing sent.
     for args in [

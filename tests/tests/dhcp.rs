@@ -33,7 +33,9 @@ use mat_tests::{
     daemon::{mac_str, Daemon, TempDir, POOL},
     frames::Mac,
     netns::{ChildGuard, Netns},
-    topology::{fmt_mac, neighbour, parse_mac, ping, Lab, Peer, Vm, PEER_IP, PREFIX_LEN},
+    topology::{
+        fmt_mac, neighbour, parse_mac, ping, Lab, Peer, SecondHypervisor, Vm, PEER_IP, PREFIX_LEN,
+    },
 };
 
 const RANGE: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(192, 0, 2, 100), Ipv4Addr::new(192, 0, 2, 150));
@@ -174,32 +176,11 @@ struct Hosts {
 impl Hosts {
     fn new(args: &[&str]) -> Hosts {
         let lab = Lab::new(1);
-        let hv2 = Netns::new("mh2");
-        let id = lab.bridge[3..].to_owned();
-        let (br2, t1, t2, port2) = (
-            format!("b2-{id}"),
-            format!("t1-{id}"),
-            format!("t2-{id}"),
-            format!("q0-{id}"),
-        );
-        hv2.ip(&["link", "add", &br2, "type", "bridge"]);
-        hv2.ip(&["link", "set", &br2, "up"]);
-        lab.hv.ip(&[
-            "link",
-            "add",
-            &t1,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &t2,
-            "netns",
-            hv2.name(),
-        ]);
-        lab.hv
-            .ip(&["link", "set", &t1, "master", &lab.bridge, "up"]);
-        hv2.ip(&["link", "set", &t2, "master", &br2, "up"]);
-        lab.wait_forwarding();
+        let SecondHypervisor {
+            ns: hv2,
+            bridge: br2,
+            port: port2,
+        } = lab.second_hypervisor();
         let vm = &lab.vms[0];
         vm.ns.ip(&["-4", "addr", "flush", "dev", &vm.ifname]);
         let plan = |host: &'static str| {

@@ -16,8 +16,7 @@ use mat_tests::{
     capture::{Capture, Report},
     daemon::{mac_str, Daemon, POOL},
     frames::Mac,
-    netns::Netns,
-    topology::{fmt_mac, neighbour, ping, Lab, PEER_IP, PREFIX_LEN},
+    topology::{fmt_mac, neighbour, ping, Lab, SecondHypervisor, PEER_IP, PREFIX_LEN},
 };
 
 /// Gratuitous ARP requests for `ip` from `mac` in a capture.
@@ -56,32 +55,11 @@ fn a_moved_vm_is_found_at_its_new_outside_mac_within_a_second() {
     let ip = vm.ip.octets();
 
     // A second hypervisor, its bridge trunked to the first one's.
-    let hv2 = Netns::new("mh2");
-    let id = &lab.bridge[3..];
-    let (br2, t1, t2, port2) = (
-        format!("b2-{id}"),
-        format!("t1-{id}"),
-        format!("t2-{id}"),
-        format!("q0-{id}"),
-    );
-    hv2.ip(&["link", "add", &br2, "type", "bridge"]);
-    hv2.ip(&["link", "set", &br2, "up"]);
-    lab.hv.ip(&[
-        "link",
-        "add",
-        &t1,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &t2,
-        "netns",
-        hv2.name(),
-    ]);
-    lab.hv
-        .ip(&["link", "set", &t1, "master", &lab.bridge, "up"]);
-    hv2.ip(&["link", "set", &t2, "master", &br2, "up"]);
-    lab.wait_forwarding();
+    let SecondHypervisor {
+        ns: hv2,
+        bridge: br2,
+        port: port2,
+    } = lab.second_hypervisor();
 
     let d1 = Daemon::start(&lab.hv, &["--pool", POOL, "--rack", "1", "--host", "1"]);
     let d2 = Daemon::start(&hv2, &["--pool", POOL, "--rack", "1", "--host", "2"]);

@@ -19,7 +19,7 @@ use std::{
 use mat_loader::Dataplane;
 use mat_tests::{
     capture::{Capture, Report},
-    daemon::{bindings, mac_str, mat_binary, Daemon, MapEntry, TempDir, POOL},
+    daemon::{bindings, error_code, mac_str, mat_binary, stderr, Daemon, MapEntry, TempDir, POOL},
     frames::{self, BROADCAST, ZERO},
     netns::{ChildGuard, Netns},
     pins::unique,
@@ -40,26 +40,6 @@ fn start(lab: &Lab, extra: &[&str]) -> Daemon {
     Daemon::start(&lab.hv, &args)
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Runs the CLI and checks that it was refused (exit 1) with `code`.
-fn refused(d: &Daemon, args: &[&str], code: &str) {
-    let out = d.cli(args);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "mat {args:?} should be refused: {}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains(&format!("mat: refused ({code}):")),
-        "mat {args:?}: expected {code}, got {}",
-        stderr(&out)
-    );
-}
-
 /// Runs the CLI and checks that it was a usage error (exit 2).
 fn usage_error(d: &Daemon, args: &[&str]) {
     let out = d.cli(args);
@@ -69,12 +49,6 @@ fn usage_error(d: &Daemon, args: &[&str]) {
         "mat {args:?} should be a usage error: {}",
         stderr(&out)
     );
-}
-
-fn error_code(reply: &Value) -> &str {
-    reply["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not an error: {reply}"))
 }
 
 fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
@@ -262,8 +236,8 @@ fn a_managed_bridge_its_uplink_are_refused_and_new_vm_ports_are_guarded_at_once(
     let d = start(&lab, &["--bridge", &bridge, "--vm-ports", "p*"]);
     let m = mac_str(&random_inside_mac());
     for port in [&bridge, &lab.uplink] {
-        refused(&d, &["attach", port, "--mac", &m], "not_vm_port");
-        refused(&d, &["attach", port, "--mac", &m, "--force"], "not_vm_port");
+        d.cli_refused(&["attach", port, "--mac", &m], "not_vm_port");
+        d.cli_refused(&["attach", port, "--mac", &m, "--force"], "not_vm_port");
     }
     assert!(
         !has_programs(&d, lab.uplink_index),
@@ -316,9 +290,8 @@ fn only_taps_and_veths_unless_forced_never_a_bridge_and_port_release() {
     let mut d = start(&lab, &[]);
     let vm = &lab.vms[0];
     let m = mac_str(&random_inside_mac());
-    refused(&d, &["attach", &lab.bridge, "--mac", &m], "not_vm_port");
-    refused(
-        &d,
+    d.cli_refused(&["attach", &lab.bridge, "--mac", &m], "not_vm_port");
+    d.cli_refused(
         &["attach", &lab.bridge, "--mac", &m, "--force"],
         "not_vm_port",
     );
@@ -328,7 +301,7 @@ fn only_taps_and_veths_unless_forced_never_a_bridge_and_port_release() {
     lab.hv.ip(&["link", "add", &dummy, "type", "ifb"]);
     lab.hv.ip(&["link", "set", &dummy, "up"]);
     let dummy_index = lab.hv_ifindex(&dummy);
-    refused(&d, &["attach", &dummy, "--mac", &m], "not_vm_port");
+    d.cli_refused(&["attach", &dummy, "--mac", &m], "not_vm_port");
     assert!(!has_programs(&d, dummy_index));
     d.cli_ok(&["attach", &dummy, "--mac", &m, "--force"]);
     // A tap and a veth.
@@ -345,7 +318,7 @@ fn only_taps_and_veths_unless_forced_never_a_bridge_and_port_release() {
 
     // `mat port release`: refused while bound; after the detach (the programs stay on), it takes
     // them off.
-    refused(&d, &["port", "release", &vm.port], "port_bound");
+    d.cli_refused(&["port", "release", &vm.port], "port_bound");
     d.cli_ok(&["detach", &vm.port]);
     assert!(
         has_programs(&d, vm.port_index),
@@ -363,8 +336,8 @@ fn only_taps_and_veths_unless_forced_never_a_bridge_and_port_release() {
             .any(|p| p["port"] == vm.port.as_str()),
         "{stats}"
     );
-    refused(&d, &["port", "release", &vm.port], "not_bound");
-    refused(&d, &["port", "release", "nosuchport0"], "unknown_port");
+    d.cli_refused(&["port", "release", &vm.port], "not_bound");
+    d.cli_refused(&["port", "release", "nosuchport0"], "unknown_port");
     d.cli_ok(&["detach", &dummy]);
     d.cli_ok(&["port", "release", &dummy]);
     assert!(!has_programs(&d, dummy_index));
@@ -581,7 +554,7 @@ fn at_most_512_connections_at_once_the_others_are_told_busy() {
         "{busy} of 600 idle connections were told busy"
     );
     // With 512 connections open, the CLI is told so too.
-    refused(&d, &["list"], "busy");
+    d.cli_refused(&["list"], "busy");
     drop(conns);
     wait_for("an answer", Duration::from_secs(5), || {
         d.cli(&["list"]).status.success()
@@ -787,13 +760,11 @@ fn attach_refuses_addresses_a_vm_cannot_own() {
     let mac = mac_str(&vm.mac);
     let before = snapshot(&d);
     for ip in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1"] {
-        refused(
-            &d,
+        d.cli_refused(
             &["attach", &vm.port, "--mac", &mac, "--ip", ip],
             "invalid_ip",
         );
-        refused(
-            &d,
+        d.cli_refused(
             &[
                 "attach",
                 &vm.port,
@@ -836,7 +807,7 @@ fn detach_refuses_an_empty_vm_name() {
     d.cli_ok(&["attach", &vm0.port, "--mac", &mac_str(&vm0.mac)]);
     d.cli_ok(&["attach", &vm1.port, "--mac", &mac_str(&vm1.mac), "--vm", ""]);
     let before = snapshot(&d);
-    refused(&d, &["detach", "--vm", ""], "bad_request");
+    d.cli_refused(&["detach", "--vm", ""], "bad_request");
     for line in [
         r#"{"op":"detach","vm":""}"#.to_owned(),
         json!({"op": "detach", "port": vm0.port, "vm": ""}).to_string(),

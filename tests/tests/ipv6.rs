@@ -20,10 +20,9 @@ use mat_tests::{
     },
     daemon::{mac_str, Daemon, POOL},
     frames::Mac,
-    netns::Netns,
     topology::{
         eui64_link_local, fmt_mac, ipv6_addrs, neighbour6, neighbours6, parse_mac, ping,
-        ping_scoped, wait_ipv6_ready, Lab, Vm, PREFIX_LEN, PREFIX_LEN6,
+        ping_scoped, wait_ipv6_ready, Lab, SecondHypervisor, Vm, PREFIX_LEN, PREFIX_LEN6,
     },
 };
 use serde_json::Value;
@@ -429,32 +428,11 @@ fn unsolicited_na_after_attach_moves_the_peers_entry() {
     let t = Instant::now();
     let lab = Lab::new(1);
     let (vm, peer) = (&lab.vms[0], &lab.peer);
-    let hv2 = Netns::new("mh2");
-    let id = &lab.bridge[3..];
-    let (br2, t1, t2, port2) = (
-        format!("b2-{id}"),
-        format!("t1-{id}"),
-        format!("t2-{id}"),
-        format!("q0-{id}"),
-    );
-    hv2.ip(&["link", "add", &br2, "type", "bridge"]);
-    hv2.ip(&["link", "set", &br2, "up"]);
-    lab.hv.ip(&[
-        "link",
-        "add",
-        &t1,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &t2,
-        "netns",
-        hv2.name(),
-    ]);
-    lab.hv
-        .ip(&["link", "set", &t1, "master", &lab.bridge, "up"]);
-    hv2.ip(&["link", "set", &t2, "master", &br2, "up"]);
-    lab.wait_forwarding();
+    let SecondHypervisor {
+        ns: hv2,
+        bridge: br2,
+        port: port2,
+    } = lab.second_hypervisor();
     let d1 = Daemon::start(&lab.hv, &["--pool", POOL, "--rack", "1", "--host", "1"]);
     let d2 = Daemon::start(&hv2, &["--pool", POOL, "--rack", "1", "--host", "2"]);
     let old = attach(&d1, vm, "vm0", &[]);

@@ -4,9 +4,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use mat_loader::mac::Mac;
+use mat_loader::{mac::Mac, test_run};
 use mat_switch::{
-    switch_program, test_run,
+    switch_program,
     views::{CountersView, PortView},
     RouteSpec, Switch,
 };
@@ -88,7 +88,7 @@ impl Bench {
             let mut s = self.sw.open();
             let (c0, t0) = (s.counters().unwrap(), tx(&s.ports().unwrap()));
             let ifindex = nix::net::if_::if_nametoindex(on).unwrap();
-            let out = test_run::tc(s.program(switch_program::TC).unwrap(), frame, ifindex, 1)
+            let out = test_run::tc_on(s.program(switch_program::TC).unwrap(), frame, ifindex, 1)
                 .expect("test run");
             let (c1, t1) = (s.counters().unwrap(), tx(&s.ports().unwrap()));
             Seen {
@@ -416,8 +416,8 @@ fn verifier_budget() {
     let out = b.with(|s| {
         let i = nix::net::if_::if_nametoindex("p0").unwrap();
         let prog = s.program(switch_program::XDP).unwrap();
-        let a = test_run::xdp(prog, &frame, i, 1).unwrap();
-        let b = test_run::xdp(
+        let a = test_run::xdp_on(prog, &frame, i, 1).unwrap();
+        let b = test_run::xdp_on(
             prog,
             &ipv4_udp(BROADCAST, mac("52:54:00:44:55:66"), &[], 18),
             i,

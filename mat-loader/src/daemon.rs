@@ -98,6 +98,19 @@ pub async fn run(opts: Options) -> Result<()> {
     let listener = listen(&opts.socket)?;
     let mut dp = Dataplane::open(&opts.pin_dir)
         .with_context(|| format!("opening the data plane under {}", opts.pin_dir.display()))?;
+    // An upgrade within one layout: this release's programs take over the running links.
+    let (updated, failed) = dp
+        .take_over_links()
+        .context("switching the pinned links to this release's programs")?;
+    for (ifindex, program, e) in failed {
+        warn!(ifindex, program = program.name(), error = %e, "link not switched to this release's program");
+    }
+    if updated > 0 {
+        info!(
+            links = updated,
+            "this release's programs run on every pinned link"
+        );
+    }
     let ring = dp
         .take_event_ring()
         .context("taking the event ring buffer")?;

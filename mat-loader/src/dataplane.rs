@@ -14,7 +14,8 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         links::{FdLink, LinkOrder, PinnedLink},
-        tc::{self, TcAttachOptions},
+        tc::{self, SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
         ProgramFd, SchedClassifier, Xdp, XdpFlags,
     },
     util::KernelVersion,
@@ -34,6 +35,9 @@ use crate::{
     ringbuf::EventRing,
     Error,
 };
+
+/// A pinned link that could not be switched: its interface index, program and error.
+pub type LinkError = (u32, Program, Error);
 
 /// The pin directory's lock, held while this lives (see [`Dataplane::lock`]).
 pub struct PinLock(#[expect(dead_code, reason = "held for its flock")] Flock<std::fs::File>);
@@ -161,6 +165,45 @@ impl Dataplane {
             tracing::info!(ifname, ifindex, program = p.name(), "attached");
         }
         Ok(())
+    }
+
+    /// Points every link pinned in this layout at this object's program, so that a daemon of a
+    /// newer release runs its own programs on the ports an older one attached (same layout;
+    /// an older layout's links are moved by the migration). Returns the links updated and the
+    /// ones that could not be (a port that vanished keeps its link until the reconcile removes
+    /// it), each with its error.
+    pub fn take_over_links(&mut self) -> Result<(usize, Vec<LinkError>), Error> {
+        let mut updated = 0;
+        let mut failed = Vec::new();
+        for (ifindex, program) in self.links()? {
+            let pin = self.link_pin(ifindex, program);
+            // The pin keeps the link attached; the descriptor returned is only closed.
+            match self.relink(&pin, program) {
+                Ok(_) => updated += 1,
+                Err(e) => failed.push((ifindex, program, e)),
+            }
+        }
+        Ok((updated, failed))
+    }
+
+    /// Points the link pinned at `pin` to this object's `program` (BPF_LINK_UPDATE: the hook
+    /// never runs without a program), and returns it, to be pinned elsewhere if need be.
+    pub(crate) fn relink(&mut self, pin: &Path, program: Program) -> Result<FdLink, Error> {
+        let link: FdLink = PinnedLink::from_pin(pin)?.into();
+        self.program(program)?;
+        let prog = self.program_mut(program);
+        Ok(match program.hookpoint() {
+            Hookpoint::Tc(_) => {
+                let tc = <&mut SchedClassifier>::try_from(prog)?;
+                let id = tc.attach_to_link(SchedClassifierLink::try_from(link)?)?;
+                tc.take_link(id)?.try_into()?
+            }
+            Hookpoint::Xdp => {
+                let xdp = <&mut Xdp>::try_from(prog)?;
+                let id = xdp.attach_to_link(XdpLink::try_from(link)?)?;
+                xdp.take_link(id)?.try_into()?
+            }
+        })
     }
 
     /// Detaches every MAT program from the interface with this index.

@@ -13,15 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
-    programs::{
-        links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
-        xdp::XdpLink,
-        SchedClassifier, Xdp,
-    },
-};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use mat_common::{
     counters::{ENTRIES, OUTCOMES},
     maps::{self as names, Binding, BindingKey, PortSlot, LAYOUT, UPLINK_IFINDEX},
@@ -29,7 +21,7 @@ use mat_common::{
 };
 use tracing::info;
 
-use crate::{program::Hookpoint, Dataplane, Error, Program};
+use crate::{Dataplane, Error};
 
 /// The binding value of layouts 1 and 2.
 #[repr(C)]
@@ -176,7 +168,7 @@ pub fn migrate(old: &Older, dp: &mut Dataplane) -> Result<(), Error> {
             };
             let new_pin = dp.link_pin(ifindex, program);
             if !new_pin.exists() {
-                swap(dp, &path, program)?.pin(&new_pin)?;
+                dp.relink(&path, program)?.pin(&new_pin)?;
             }
             std::fs::remove_file(&path)?;
             info!(
@@ -205,25 +197,4 @@ pub fn migrate(old: &Older, dp: &mut Dataplane) -> Result<(), Error> {
     }
     info!(dir = %old.dir.display(), "data plane migrated from layout {} to {LAYOUT}", old.version);
     Ok(())
-}
-
-/// Points the pinned link at `pin` to this layout's `program` (BPF_LINK_UPDATE: the hook never
-/// runs without a program), and returns it, to be pinned in its new place.
-fn swap(dp: &mut Dataplane, pin: &Path, program: Program) -> Result<FdLink, Error> {
-    // The old pin keeps the link attached until the new one exists.
-    let link: FdLink = PinnedLink::from_pin(pin)?.into();
-    dp.program(program)?;
-    let prog = dp.program_mut(program);
-    Ok(match program.hookpoint() {
-        Hookpoint::Tc(_) => {
-            let tc = <&mut SchedClassifier>::try_from(prog)?;
-            let id = tc.attach_to_link(SchedClassifierLink::try_from(link)?)?;
-            tc.take_link(id)?.try_into()?
-        }
-        Hookpoint::Xdp => {
-            let xdp = <&mut Xdp>::try_from(prog)?;
-            let id = xdp.attach_to_link(XdpLink::try_from(link)?)?;
-            xdp.take_link(id)?.try_into()?
-        }
-    })
 }

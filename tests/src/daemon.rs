@@ -84,6 +84,8 @@ pub struct Daemon {
     /// A command the daemon runs under, inside the namespace (e.g. `prlimit --nofile=N:N --`).
     wrapper: Vec<String>,
     args: Vec<String>,
+    /// The `mat` binary of this daemon and its CLI, when not the process's ([`mat_binary`]).
+    bin: Option<PathBuf>,
     child: Option<Child>,
     /// How many times it was started.
     pub starts: u32,
@@ -125,9 +127,19 @@ impl Daemon {
             pin_dir: Path::new("/sys/fs/bpf").join(&id),
             wrapper: Vec::new(),
             args: args.iter().map(std::string::ToString::to_string).collect(),
+            bin: None,
             child: None,
             starts: 0,
         }
+    }
+
+    /// Runs this daemon and its CLI from `bin` from the next start on (another release's, say).
+    pub fn use_binary(&mut self, bin: &Path) {
+        self.bin = Some(bin.to_owned());
+    }
+
+    fn binary(&self) -> &Path {
+        self.bin.as_deref().unwrap_or_else(|| mat_binary())
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -167,7 +179,7 @@ impl Daemon {
             .arg(format!("--net=/run/netns/{}", self.netns))
             .arg("--")
             .args(&self.wrapper)
-            .arg(mat_binary())
+            .arg(self.binary())
             .arg("daemon")
             .arg("--socket")
             .arg(self.socket())
@@ -249,7 +261,7 @@ impl Daemon {
 
     /// `mat --socket SOCKET args...`, run from the test's own namespace (the socket is a path).
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(mat_binary())
+        Command::new(self.binary())
             .arg("--socket")
             .arg(self.socket())
             .args(args)

@@ -18,7 +18,8 @@ use std::{
 use mat_loader::paths;
 use mat_tests::{
     daemon::{bindings, mac_str, use_mat_binary, Daemon, TempDir},
-    topology::{neighbour, ping, Lab, PEER_IP},
+    pins::pinned_link_ids,
+    topology::{neighbour, ping, Lab, PingStream, PEER_IP},
 };
 
 /// The package, and where it is unpacked (`dpkg -x`) for this test process.
@@ -37,27 +38,43 @@ impl Package {
 fn package() -> &'static Package {
     static PACKAGE: OnceLock<Package> = OnceLock::new();
     PACKAGE.get_or_init(|| {
-        let deb = std::env::var_os("MAT_DEB").map_or_else(build, PathBuf::from);
-        assert!(deb.is_file(), "no package at {}", deb.display());
-        // Beside the .deb (under the target directory), unpacked anew by every run; the helpers
-        // run its binary for the whole test process.
-        let root = deb.with_file_name("root");
-        let _ = fs::remove_dir_all(&root);
-        ok(Command::new("dpkg").arg("-x").arg(&deb).arg(&root));
-        let bin = root.join("usr/bin/mat");
-        use_mat_binary(&bin);
-        Package { deb, root }
+        let p = unpack("MAT_DEB", &["package"]);
+        use_mat_binary(&p.file("/usr/bin/mat"));
+        p
     })
 }
 
-/// `cargo xtask package`, whose last line of output is the package's path.
-fn build() -> PathBuf {
+/// The previous release's package (`cargo xtask package --previous`), which the upgrade test
+/// installs first.
+fn previous_package() -> &'static Package {
+    static PACKAGE: OnceLock<Package> = OnceLock::new();
+    PACKAGE.get_or_init(|| unpack("MAT_PREVIOUS_DEB", &["package", "--previous"]))
+}
+
+/// The package named by the environment variable `var` (set by `cargo xtask test`), or built
+/// by `cargo xtask <task>`; unpacked anew by every run beside the .deb (under the target
+/// directory), for the whole test process.
+fn unpack(var: &str, task: &[&str]) -> Package {
+    let deb = std::env::var_os(var).map_or_else(|| build(task), PathBuf::from);
+    assert!(deb.is_file(), "no package at {}", deb.display());
+    let root = deb.with_file_name(format!(
+        "root-{}",
+        deb.file_stem().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = fs::remove_dir_all(&root);
+    ok(Command::new("dpkg").arg("-x").arg(&deb).arg(&root));
+    Package { deb, root }
+}
+
+/// `cargo xtask <task>`, whose last line of output is the package's path.
+fn build(task: &[&str]) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let out = ok(Command::new(cargo)
         .args(["run", "--quiet", "--package", "xtask", "--manifest-path"])
         .arg(manifest)
-        .args(["--", "package"])
+        .arg("--")
+        .args(task)
         .stderr(std::process::Stdio::inherit()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     PathBuf::from(
@@ -66,6 +83,27 @@ fn build() -> PathBuf {
             .last()
             .expect("cargo xtask package printed its path"),
     )
+}
+
+/// The package's conffile with its example plan uncommented (rack 1, host 3), written into
+/// `dir`; returns its path.
+fn configured(p: &Package, dir: &Path) -> PathBuf {
+    let shipped = fs::read_to_string(p.file(paths::CONFIG)).unwrap();
+    let mut config = String::new();
+    for line in shipped.lines() {
+        let line = ["pool", "rack", "host"]
+            .iter()
+            .find_map(|k| {
+                line.strip_prefix("# ")
+                    .filter(|l| l.starts_with(&format!("{k} = ")))
+            })
+            .unwrap_or(line);
+        config.push_str(line);
+        config.push('\n');
+    }
+    let path = dir.join("mat.toml");
+    fs::write(&path, config).unwrap();
+    path
 }
 
 /// Runs `cmd`; panics with its output unless it succeeded.
@@ -324,22 +362,7 @@ fn packaged_daemon_smoke() {
     let vm = &lab.vms[0];
     let dir = TempDir::new("mat-pkg-");
 
-    // The shipped conffile with its example plan uncommented (rack 1, host 3).
-    let shipped = fs::read_to_string(p.file(paths::CONFIG)).unwrap();
-    let mut config = String::new();
-    for line in shipped.lines() {
-        let line = ["pool", "rack", "host"]
-            .iter()
-            .find_map(|k| {
-                line.strip_prefix("# ")
-                    .filter(|l| l.starts_with(&format!("{k} = ")))
-            })
-            .unwrap_or(line);
-        config.push_str(line);
-        config.push('\n');
-    }
-    let config_path = dir.path().join("mat.toml");
-    fs::write(&config_path, config).unwrap();
+    let config_path = configured(p, dir.path());
 
     // systemd's notification socket, and the unit's capability bounding set and
     // NoNewPrivileges, applied by setpriv (root, like the unit).
@@ -415,6 +438,93 @@ fn packaged_daemon_smoke() {
     assert!(d.terminate().success(), "{}", d.log());
     let n = notify.recv(&mut buf).expect("STOPPING=1 from the daemon");
     assert_eq!(&buf[..n], b"STOPPING=1\n");
+}
+
+/// The upgrade an operator makes (stop, install the new package, start) and the rollback,
+/// while a VM pings a peer every 10 ms: nothing lost, the binding unchanged, and the new
+/// release's programs running on the port's links, switched in place.
+#[test]
+fn upgrade_from_the_previous_package_and_back_without_loss() {
+    let new = package();
+    let old = previous_package();
+    let lab = Lab::new(1);
+    let vm = &lab.vms[0];
+    let dir = TempDir::new("mat-upgrade-");
+    let config = configured(old, dir.path());
+    let mut d = Daemon::prepare(&lab.hv, &["--config", config.to_str().unwrap()]);
+    d.use_binary(&old.file("/usr/bin/mat"));
+    d.spawn();
+    d.wait_ready();
+    d.cli_ok(&[
+        "attach",
+        &vm.port,
+        "--mac",
+        &mac_str(&vm.mac),
+        "--vm",
+        "vm0",
+        "--ip",
+        &vm.ip.to_string(),
+    ]);
+    ping(&vm.ns, PEER_IP, 2).expect("the previous release translates");
+    let bound = bindings(&d.cli_json(&["list"]));
+    let links_dir = d
+        .pin_dir()
+        .join(format!("v{}", mat_common::maps::LAYOUT))
+        .join("links");
+    let links = || -> Vec<(u32, u32)> {
+        let mut pins: Vec<PathBuf> = fs::read_dir(&links_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        pins.sort();
+        pins.iter().map(|p| pinned_link_ids(p)).collect()
+    };
+    let before = links();
+    assert_eq!(before.len(), 2, "one link per direction on the port");
+
+    let stream = PingStream::start(&vm.ns, PEER_IP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.terminate().success(), "{}", d.log());
+    d.use_binary(&new.file("/usr/bin/mat"));
+    d.spawn();
+    d.wait_ready();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = links();
+    let upgraded = bindings(&d.cli_json(&["list"]));
+
+    // And back: the previous release runs again over what the new one left.
+    assert!(d.terminate().success(), "{}", d.log());
+    d.use_binary(&old.file("/usr/bin/mat"));
+    d.spawn();
+    d.wait_ready();
+    std::thread::sleep(Duration::from_millis(300));
+    let (answered, missing) = stream.stop();
+    assert!(answered > 50, "only {answered} echoes answered");
+    assert!(
+        missing.is_empty(),
+        "lost {missing:?} across the upgrade and the rollback"
+    );
+
+    assert_eq!(upgraded, bound, "the upgrade kept the binding");
+    assert_eq!(
+        bindings(&d.cli_json(&["list"])),
+        bound,
+        "the rollback kept it"
+    );
+    for ((link, prog), (link_after, prog_after)) in before.iter().zip(&after) {
+        assert_eq!(link, link_after, "the same link, updated in place");
+        assert_ne!(
+            prog, prog_after,
+            "the new release's program runs on link {link}"
+        );
+    }
+    assert!(
+        d.log()
+            .contains("this release's programs run on every pinned link"),
+        "{}",
+        d.log()
+    );
+    ping(&vm.ns, PEER_IP, 2).expect("still translating after the rollback");
 }
 
 /// The system calls the unit's `SystemCallFilter=` allows: its groups expanded through

@@ -46,7 +46,12 @@ enum Task {
     /// racks, forwarding cost (as root; the default size takes under a minute).
     Lab(LabArgs),
     /// Build the Debian package (cargo-deb) into target/debian/; prints its path.
-    Package,
+    Package {
+        /// Build the previous release's package instead (from its commit, once, kept under
+        /// target/previous-release/), which the upgrade test installs first.
+        #[arg(long)]
+        previous: bool,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -105,7 +110,12 @@ fn main() -> Result<()> {
         Task::Bench { quick } => bench(quick),
         Task::Demo => demo(),
         Task::Lab(args) => lab(&args),
-        Task::Package => package::run().map(|deb| println!("{}", deb.display())),
+        Task::Package { previous } => if previous {
+            package::previous()
+        } else {
+            package::run()
+        }
+        .map(|deb| println!("{}", deb.display())),
     }
 }
 
@@ -221,11 +231,19 @@ fn test(args: &[String]) -> Result<()> {
             "warnings",
         ])?;
     }
-    // The package's tests (tests/tests/package.rs) check this .deb.
+    // The package's tests (tests/tests/package.rs) check this .deb, and upgrade to it from the
+    // previous release's.
     let deb = package::run()?;
+    let previous = package::previous()?;
     let mut test = vec!["test", "--no-fail-fast", "--"];
     test.extend(args.iter().map(String::as_str));
-    let tests = cargo_env(&test, &[("MAT_DEB", deb.as_os_str())]);
+    let tests = cargo_env(
+        &test,
+        &[
+            ("MAT_DEB", deb.as_os_str()),
+            ("MAT_PREVIOUS_DEB", previous.as_os_str()),
+        ],
+    );
     // The fabric lab at its default size (under a minute), when every test ran.
     if args.is_empty() {
         tests?;

@@ -96,6 +96,67 @@ pub fn run() -> Result<PathBuf> {
     Ok(deb)
 }
 
+/// The release before this one, which the upgrade test installs first: its version and the
+/// commit it was built from (the main branch as it landed). Moved on at each release.
+const PREVIOUS_RELEASE: (&str, &str) = ("0.1.0-1", "4bb8dd631b5f17fbce2dc982fb7693fbcce23548");
+
+/// Builds the previous release's package from its commit (`git archive` into
+/// target/previous-release/<version>/, its own `cargo xtask package` there), once: later calls
+/// return the kept .deb.
+pub fn previous() -> Result<PathBuf> {
+    let (version, commit) = PREVIOUS_RELEASE;
+    let dir = target_dir().join("previous-release").join(version);
+    let kept = dir.join(format!("mat_{version}.deb"));
+    if kept.is_file() {
+        return Ok(kept);
+    }
+    let src = dir.join("src");
+    if src.exists() {
+        fs::remove_dir_all(&src).with_context(|| format!("removing {}", src.display()))?;
+    }
+    fs::create_dir_all(&src)?;
+    let mut archive = Command::new("git")
+        .args(["archive", "--format=tar", commit])
+        .current_dir(workspace())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running git archive")?;
+    let untar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(&src)
+        .stdin(archive.stdout.take().expect("piped"))
+        .status()
+        .context("running tar")?;
+    if !archive.wait()?.success() || !untar.success() {
+        bail!(
+            "could not unpack commit {commit} (the previous release) into {}",
+            src.display()
+        );
+    }
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo_bin)
+        .args(["run", "--quiet", "--package", "xtask", "--", "package"])
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the previous release's cargo xtask package")?;
+    if !out.status.success() {
+        bail!(
+            "the previous release's package did not build: {}",
+            out.status
+        );
+    }
+    let built = String::from_utf8_lossy(&out.stdout);
+    let built = built.lines().last().context("no package path printed")?;
+    // Kept under its final name only once whole.
+    let partial = dir.join("partial.deb");
+    fs::copy(built, &partial).with_context(|| format!("copying {built}"))?;
+    fs::rename(&partial, &kept)?;
+    Ok(kept)
+}
+
 /// Cargo's target directory: `CARGO_TARGET_DIR` or the workspace's `target/`.
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

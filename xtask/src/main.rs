@@ -9,7 +9,7 @@ mod lab;
 mod package;
 mod setup;
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -302,4 +302,20 @@ pub fn workspace() -> std::path::PathBuf {
         .parent()
         .expect("xtask lives in the workspace")
         .to_owned()
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` or the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(
+            || workspace().join("target"),
+            |p| {
+                if p.is_absolute() {
+                    p
+                } else {
+                    workspace().join(p)
+                }
+            },
+        )
 }

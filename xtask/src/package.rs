@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, workspace};
+use crate::{cargo, target_dir, workspace};
 
 /// Builds the package; returns the path of the .deb.
 pub fn run() -> Result<PathBuf> {
@@ -155,20 +155,4 @@ pub fn previous() -> Result<PathBuf> {
     fs::copy(built, &partial).with_context(|| format!("copying {built}"))?;
     fs::rename(&partial, &kept)?;
     Ok(kept)
-}
-
-/// Cargo's target directory: `CARGO_TARGET_DIR` or the workspace's `target/`.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map_or_else(
-            || workspace().join("target"),
-            |p| {
-                if p.is_absolute() {
-                    p
-                } else {
-                    workspace().join(p)
-                }
-            },
-        )
 }

@@ -223,7 +223,7 @@ fn build_mat() -> Result<PathBuf> {
         "--bin",
         "mat",
     ])?;
-    Ok(crate::workspace().join("target/release/mat"))
+    Ok(crate::target_dir().join("release/mat"))
 }
 
 /// A daemon running in a namespace, stopped (SIGTERM, then SIGKILL) on drop.

@@ -305,14 +305,8 @@ impl Lab {
         let vm = Netns::new("bvm");
         let hv = Netns::new("bhv");
         let peer = Netns::new("bpr");
-        for ns in [&vm, &hv, &peer] {
-            for key in ["all", "default"] {
-                ns.exec(
-                    "sysctl",
-                    &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
-                );
-            }
-        }
+        // IPv6 stays on, as in every real guest: its background frames (DAD, MLD, router
+        // solicitations) cross the programs like the measured traffic.
         let name = |p: &str| format!("{p}{id}");
         let (v, p, u, e, br, vx) = (
             name("bv"),

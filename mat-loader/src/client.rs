@@ -5,7 +5,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::de::DeserializeOwned;
@@ -57,6 +57,29 @@ impl Client {
             reader: BufReader::new(stream.try_clone()?),
             stream,
         })
+    }
+
+    /// Like [`Client::connect`], waiting up to `restart` for a daemon that is restarting (an
+    /// upgrade, systemd's restart on failure): its socket missing or refusing connections.
+    pub fn connect_waiting(
+        socket: &Path,
+        timeout: Duration,
+        restart: Duration,
+    ) -> Result<Self, Error> {
+        let until = Instant::now() + restart;
+        loop {
+            match Self::connect(socket, timeout) {
+                Err(Error::Connect { source, .. })
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) && Instant::now() < until =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Sends one request and returns the daemon's reply as it came.

@@ -41,7 +41,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use crate::{
-    client,
+    client::{self, Client},
     libvirt_xml::{self, Domain},
     proto::{Request, VmPort},
     refusal::Code,
@@ -50,6 +50,21 @@ use crate::{
 
 /// How long the hook waits for the daemon before giving up (libvirtd waits for the hook).
 pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a domain's start waits for a daemon that is restarting (a package upgrade restarts
+/// it in under a second), so that a domain starting just then still starts, translated. Only
+/// start waits: libvirtd runs `reconnect` for every domain as it starts, and a stop needs no
+/// daemon (it releases a port that vanished).
+pub const RESTART_WAIT: Duration = Duration::from_secs(5);
+
+/// One request of the hook, on a connection of its own.
+fn call<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    req: &Request,
+    restart_wait: Duration,
+) -> Result<T, client::Error> {
+    Client::connect_waiting(socket, TIMEOUT, restart_wait)?.call(req)
+}
 
 /// The line that marks a hook script as MAT's own.
 const MARKER: &str = "# MAT's libvirt qemu hook, written by `mat install libvirt-hook`.";
@@ -123,7 +138,8 @@ pub fn hook(socket: &Path, args: &HookArgs) -> ExitCode {
     }
     let result = match act {
         Action::Nothing => return ExitCode::SUCCESS,
-        Action::Attach | Action::Resync => attach(socket, &xml, &args.bridges),
+        Action::Attach => attach(socket, &xml, &args.bridges, RESTART_WAIT),
+        Action::Resync => attach(socket, &xml, &args.bridges, Duration::ZERO),
         Action::Release => release(socket, &xml),
     };
     match (result, act) {
@@ -171,10 +187,10 @@ fn attach_request(dom: &Domain, bridges: &[String]) -> Result<Option<Request>> {
     }))
 }
 
-fn attach(socket: &Path, xml: &str, bridges: &[String]) -> Result<()> {
+fn attach(socket: &Path, xml: &str, bridges: &[String], restart_wait: Duration) -> Result<()> {
     let dom = libvirt_xml::parse(xml)?;
     match attach_request(&dom, bridges)? {
-        Some(req) => Ok(client::call::<AttachVmView>(socket, TIMEOUT, &req).map(drop)?),
+        Some(req) => Ok(call::<AttachVmView>(socket, &req, restart_wait).map(drop)?),
         None => Ok(()),
     }
 }
@@ -186,7 +202,7 @@ fn release(socket: &Path, xml: &str) -> Result<()> {
         mac: None,
         vm: Some(uuid),
     };
-    match client::call::<DetachView>(socket, TIMEOUT, &req) {
+    match call::<DetachView>(socket, &req, Duration::ZERO) {
         Ok(_) => Ok(()),
         Err(client::Error::Refused(r)) if r.code == Code::NotBound => Ok(()),
         Err(e) => Err(e.into()),

@@ -421,4 +421,26 @@ fn refusals_and_a_daemon_that_is_down() {
     );
     let v: Value = d.cli_json(&["list"]);
     assert_eq!(v["bindings"].as_array().unwrap().len(), 2);
+
+    // A daemon restarting (a package upgrade) while a domain starts: the hook waits for it and
+    // the domain starts translated.
+    d.kill9();
+    let r = std::thread::scope(|s| {
+        let start = s.spawn(|| {
+            hook.run(
+                &ns,
+                "matg2",
+                "start",
+                "begin",
+                &fixture("one-nic.start.xml"),
+            )
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        d.spawn();
+        start.join().expect("the hook's thread")
+    });
+    d.wait_ready();
+    assert_ok(&r, "start while the daemon restarts");
+    assert!(r.took >= Duration::from_secs(1), "{r:?}");
+    assert_eq!(bindings(&d).len(), 3, "the domain started translated");
 }

@@ -32,14 +32,16 @@ use crate::{
         counters::{HOOKS, OUTCOMES},
         event::{Event, EventKind},
     },
+    duplicates,
     host::{self, Attach, Host},
-    mac::Mac,
+    mac::{Mac, MacPrefix},
     plan::Plan,
     ports::{self, LinkEvent, Links, VmPorts},
     proto::{self, Reply, Request, IDLE, MAX_LINE},
     refusal::{Code, Refusal},
     store::Store,
-    views::{CounterView, PortView, ReleasedPortView, RoutesView, StatsView},
+    uplink::Uplink,
+    views::{CounterView, ModeView, PortView, ReleasedPortView, RoutesView, StatsView},
     Dataplane,
 };
 
@@ -66,12 +68,27 @@ pub struct Options {
     pub port_security: bool,
     /// DHCPv4: translate chaddr rather than keep it and set the broadcast flag.
     pub dhcp_translate: bool,
+    /// Uplink mode: translate on this uplink instead of on each VM port.
+    pub uplink: Option<Uplink>,
+    /// Interfaces to watch for duplicate outside MACs (empty: the uplink, or the managed
+    /// bridges' network-side ports).
+    pub watch: Vec<String>,
 }
 
 struct Ctx {
     host: Mutex<Host>,
     links: Links,
     announcer: Arc<Announcer>,
+    dups: Duplicates,
+}
+
+/// The duplicate outside-MAC watch: what was seen, which interfaces are watched, and whether
+/// network-side ports of managed bridges are added as they appear.
+struct Duplicates {
+    log: Arc<Mutex<duplicates::Log>>,
+    watching: Mutex<HashMap<u32, String>>,
+    host_pool: MacPrefix,
+    vm_ports: Option<VmPorts>,
 }
 
 impl Ctx {
@@ -104,6 +121,7 @@ pub async fn run(opts: Options) -> Result<()> {
     // Subscribe before reconciling, so that a port removed in between is seen.
     let link_events = ports::events()?;
     let vm_ports = VmPorts::new(opts.bridges.clone(), opts.vm_ports.clone());
+    let auto_watch = (opts.watch.is_empty() && opts.uplink.is_none()).then(|| vm_ports.clone());
     let mut host = Host::open(
         store,
         dp,
@@ -113,11 +131,13 @@ pub async fn run(opts: Options) -> Result<()> {
             vm_ports,
             port_security: opts.port_security,
             dhcp_translate: opts.dhcp_translate,
+            uplink: opts.uplink.clone(),
         },
     )?;
     host.reconcile()
         .context("reconciling the data plane with the state")?;
     let links = Links::new()?;
+    let mut network_side = Vec::new();
     // VM ports already in a managed bridge are guarded now, not at their first change. Only
     // interfaces the state does not know are looked up: reconcile has released the state's
     // ports that are gone or renamed, so the others need nothing. (A dump of every link, which
@@ -132,9 +152,30 @@ pub async fn run(opts: Options) -> Result<()> {
             if let Err(e) = host.link_changed(&link) {
                 warn!(port = link.name, error = %e, "guarding a port of a managed bridge");
             }
+            if auto_watch.as_ref().is_some_and(|v| v.network_side(&link)) {
+                network_side.push((link.name.clone(), link.ifindex));
+            }
         }
     }
+    let mut watch: Vec<(String, u32)> = network_side;
+    if let Some((u, Some(ifindex))) = host.uplink() {
+        if opts.watch.is_empty() {
+            watch.push((u.name.clone(), ifindex));
+        }
+    }
+    for name in &opts.watch {
+        let ifindex = ports::ifindex(name)
+            .with_context(|| format!("the interface {name} to watch does not exist"))?;
+        watch.push((name.clone(), ifindex));
+    }
+    let dups = Duplicates {
+        log: Arc::default(),
+        watching: Mutex::default(),
+        host_pool: host.host_prefix(),
+        vm_ports: auto_watch,
+    };
     let ctx = Arc::new(Ctx {
+        dups,
         host: Mutex::new(host),
         announcer: Arc::new(
             Announcer::new(links.clone()).context("opening a packet socket for gratuitous ARP")?,
@@ -152,6 +193,12 @@ pub async fn run(opts: Options) -> Result<()> {
             bridges = ?opts.bridges,
             "ready"
         );
+    }
+    if watch.is_empty() {
+        info!("no interface is watched for duplicate outside MACs (--watch IFACE names one)");
+    }
+    for (name, ifindex) in watch {
+        watch_duplicates(&ctx, name, ifindex);
     }
     crate::systemd::ready();
     tokio::spawn(watch_events(ring, ctx.clone()));
@@ -197,6 +244,43 @@ pub async fn run(opts: Options) -> Result<()> {
     drop(pin_lock);
     info!("stopped; the data plane keeps translating");
     Ok(())
+}
+
+/// Watches `name` for duplicate outside MACs until it goes away (once per interface).
+fn watch_duplicates(ctx: &Arc<Ctx>, name: String, ifindex: u32) {
+    let mut watching = lock(&ctx.dups.watching);
+    if watching.contains_key(&ifindex) {
+        return;
+    }
+    watching.insert(ifindex, name.clone());
+    info!(
+        interface = name,
+        ifindex, "watching for duplicate outside MACs"
+    );
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let d = &ctx.dups;
+        let r = duplicates::watch(name.clone(), ifindex, d.host_pool, d.log.clone()).await;
+        if let Err(e) = r {
+            info!(interface = name, error = %e, "no longer watching for duplicate outside MACs");
+        }
+        lock(&d.watching).remove(&ifindex);
+    });
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The mode, what is watched and what was seen, for `mat stats` and `mat plan`.
+fn mode_and_duplicates(
+    ctx: &Ctx,
+    mut mode: ModeView,
+) -> (ModeView, u64, Vec<duplicates::Duplicate>) {
+    mode.watching = lock(&ctx.dups.watching).values().cloned().collect();
+    mode.watching.sort();
+    let (total, recent) = lock(&ctx.dups.log).view();
+    (mode, total, recent)
 }
 
 /// The interfaces of the daemon's network namespace whose names are not in `known`, read line
@@ -429,7 +513,12 @@ async fn handle(req: Request, ctx: &Arc<Ctx>) -> Result<Reply, Refusal> {
             Reply::ok(&ReleasedPortView { port })
         }
         Request::List {} => Reply::ok(&with_host(ctx, |h| Ok(h.list())).await?),
-        Request::Plan {} => Reply::ok(&with_host(ctx, |h| Ok(h.plan())).await?),
+        Request::Plan {} => {
+            let mut plan = with_host(ctx, |h| Ok(h.plan())).await?;
+            let mode = std::mem::take(&mut plan.mode);
+            (plan.mode, plan.duplicates, plan.recent_duplicates) = mode_and_duplicates(ctx, mode);
+            Reply::ok(&plan)
+        }
         Request::Routes {} => Reply::ok(&RoutesView {
             routes: with_host(ctx, |h| Ok(h.routes())).await?,
         }),
@@ -442,10 +531,11 @@ async fn handle(req: Request, ctx: &Arc<Ctx>) -> Result<Reply, Refusal> {
 }
 
 async fn stats(ctx: &Arc<Ctx>) -> Result<StatsView> {
-    let (counters, ports) = {
+    let (counters, ports, mode) = {
         let host = ctx.host();
-        (host.counters()?, host.ports())
+        (host.counters()?, host.ports(), host.mode())
     };
+    let (mode, duplicates, recent_duplicates) = mode_and_duplicates(ctx, mode);
     let link_stats: HashMap<u32, ports::LinkInfo> = ctx
         .links
         .all()
@@ -479,7 +569,13 @@ async fn stats(ctx: &Arc<Ctx>) -> Result<StatsView> {
             }
         })
         .collect();
-    Ok(StatsView { counters, ports })
+    Ok(StatsView {
+        mode,
+        counters,
+        ports,
+        duplicates,
+        recent_duplicates,
+    })
 }
 
 /// The data plane's ring buffer: addresses learned from VMs' ARP, and VMs running for the first
@@ -542,6 +638,16 @@ async fn watch_links(events: impl Stream<Item = LinkEvent>, ctx: Arc<Ctx>) {
             }
         })
         .await;
+        if let LinkEvent::Changed(link) = &ev {
+            if ctx
+                .dups
+                .vm_ports
+                .as_ref()
+                .is_some_and(|v| v.network_side(link))
+            {
+                watch_duplicates(&ctx, link.name.clone(), link.ifindex);
+            }
+        }
         if let Err(e) = result {
             warn!(event = ?ev, error = %e, "handling a link event");
         }

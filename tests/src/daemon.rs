@@ -130,6 +130,12 @@ impl Daemon {
         }
     }
 
+    /// Replaces the options of the next start (the directories stay): a restart with another
+    /// configuration.
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(std::string::ToString::to_string).collect();
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("mat.sock")
     }

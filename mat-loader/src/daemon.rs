@@ -86,9 +86,11 @@ struct Ctx {
 /// network-side ports of managed bridges are added as they appear.
 struct Duplicates {
     log: Arc<Mutex<duplicates::Log>>,
-    watching: Mutex<HashMap<u32, String>>,
+    watching: Mutex<HashMap<u32, (String, tokio::task::AbortHandle)>>,
     host_pool: MacPrefix,
     vm_ports: Option<VmPorts>,
+    /// The uplink, when it is watched: watched again when it comes back.
+    uplink: Option<String>,
 }
 
 impl Ctx {
@@ -158,9 +160,11 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     }
     let mut watch: Vec<(String, u32)> = network_side;
+    let mut watched_uplink = None;
     if let Some((u, Some(ifindex))) = host.uplink() {
         if opts.watch.is_empty() {
             watch.push((u.name.clone(), ifindex));
+            watched_uplink = Some(u.name.clone());
         }
     }
     for name in &opts.watch {
@@ -173,6 +177,7 @@ pub async fn run(opts: Options) -> Result<()> {
         watching: Mutex::default(),
         host_pool: host.host_prefix(),
         vm_ports: auto_watch,
+        uplink: watched_uplink,
     };
     let ctx = Arc::new(Ctx {
         dups,
@@ -252,20 +257,43 @@ fn watch_duplicates(ctx: &Arc<Ctx>, name: String, ifindex: u32) {
     if watching.contains_key(&ifindex) {
         return;
     }
-    watching.insert(ifindex, name.clone());
+    // A socket bound to an interface that is gone receives nothing and may never fail.
+    watching.retain(|&i, (_, task)| {
+        let gone = ports::ifname(i) == ports::Lookup::Gone;
+        if gone {
+            task.abort();
+        }
+        !gone
+    });
     info!(
         interface = name,
         ifindex, "watching for duplicate outside MACs"
     );
-    let ctx = ctx.clone();
-    tokio::spawn(async move {
-        let d = &ctx.dups;
+    let c = ctx.clone();
+    let shown = name.clone();
+    let task = tokio::spawn(async move {
+        let d = &c.dups;
         let r = duplicates::watch(name.clone(), ifindex, d.host_pool, d.log.clone()).await;
         if let Err(e) = r {
             info!(interface = name, error = %e, "no longer watching for duplicate outside MACs");
         }
         lock(&d.watching).remove(&ifindex);
     });
+    watching.insert(ifindex, (shown, task.abort_handle()));
+}
+
+/// Stops watching the interface `ifindex` when it is gone.
+fn unwatch_gone(ctx: &Ctx, ifindex: u32) {
+    let mut watching = lock(&ctx.dups.watching);
+    if watching.contains_key(&ifindex) && ports::ifname(ifindex) == ports::Lookup::Gone {
+        if let Some((name, task)) = watching.remove(&ifindex) {
+            task.abort();
+            info!(
+                interface = name,
+                ifindex, "gone: no longer watching for duplicate outside MACs"
+            );
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -277,7 +305,10 @@ fn mode_and_duplicates(
     ctx: &Ctx,
     mut mode: ModeView,
 ) -> (ModeView, u64, Vec<duplicates::Duplicate>) {
-    mode.watching = lock(&ctx.dups.watching).values().cloned().collect();
+    mode.watching = lock(&ctx.dups.watching)
+        .values()
+        .map(|(name, _)| name.clone())
+        .collect();
     mode.watching.sort();
     let (total, recent) = lock(&ctx.dups.log).view();
     (mode, total, recent)
@@ -638,12 +669,16 @@ async fn watch_links(events: impl Stream<Item = LinkEvent>, ctx: Arc<Ctx>) {
             }
         })
         .await;
+        if let LinkEvent::Removed { ifindex, .. } = &ev {
+            unwatch_gone(&ctx, *ifindex);
+        }
         if let LinkEvent::Changed(link) = &ev {
             if ctx
                 .dups
                 .vm_ports
                 .as_ref()
                 .is_some_and(|v| v.network_side(link))
+                || ctx.dups.uplink.as_ref() == Some(&link.name)
             {
                 watch_duplicates(&ctx, link.name.clone(), link.ifindex);
             }

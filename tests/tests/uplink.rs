@@ -407,3 +407,49 @@ fn a_second_host_with_the_same_rack_and_host_id_is_detected() {
 fn announce_done() -> Duration {
     Duration::from_millis(1500)
 }
+
+#[test]
+fn an_uplink_that_comes_back_gets_its_programs_again() {
+    let lab = Lab::new(1);
+    let vm = &lab.vms[0];
+    let d = Daemon::start(&lab.hv, &args(&["--uplink", &lab.uplink]));
+    d.cli_ok(&["attach", &vm.port, "--mac", &mac_str(&vm.mac)]);
+    ping(&vm.ns, PEER_IP, 2).expect("vm0 reaches the peer");
+
+    // The uplink goes (both ends of the veth) and comes back under the same name.
+    lab.hv.ip(&["link", "del", &lab.uplink]);
+    lab.hv.ip(&[
+        "link",
+        "add",
+        &lab.uplink,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &lab.peer.ifname,
+        "address",
+        &fmt_mac(&lab.peer.mac),
+        "netns",
+        lab.peer.ns.name(),
+    ]);
+    lab.hv
+        .ip(&["link", "set", &lab.uplink, "master", &lab.bridge, "up"]);
+    let peer = &lab.peer.ns;
+    peer.ip(&["link", "set", &lab.peer.ifname, "up"]);
+    let addr = format!("{PEER_IP}/{PREFIX_LEN}");
+    peer.ip(&["addr", "add", &addr, "dev", &lab.peer.ifname]);
+    lab.wait_forwarding();
+    let new_index = u64::from(lab.hv_ifindex(&lab.uplink));
+    assert_ne!(new_index, u64::from(lab.uplink_index));
+    wait_for("the new uplink translated", Duration::from_secs(5), || {
+        let mode = d.cli_json(&["plan"])["mode"].clone();
+        mode["uplink_ifindex"] == new_index && mode["watching"] == serde_json::json!([lab.uplink])
+    });
+    ping(&vm.ns, PEER_IP, 2).expect("vm0 reaches the peer over the new uplink");
+    assert_eq!(neighbour(&lab.peer.ns, vm.ip), Some(outside(0)));
+    let links = d.pin_dir().join("v3/links");
+    assert!(links.join(format!("{new_index}-uplink_in")).exists());
+    assert!(!links
+        .join(format!("{}-uplink_in", lab.uplink_index))
+        .exists());
+}

@@ -216,6 +216,17 @@ impl Host {
     /// port of a managed bridge at once, so that the spoof check guards it from its first frame
     /// and its attach only writes a transaction and map entries.
     pub fn link_changed(&mut self, link: &LinkInfo) -> Result<(), Refusal> {
+        if self.uplink.as_ref().is_some_and(|u| u.name == link.name)
+            && self.uplink_ifindex != Some(link.ifindex)
+        {
+            // The uplink came back (or was replaced): the programs go on the new one.
+            if let Some(old) = self.uplink_ifindex.take() {
+                let _ = self.dp.detach(old);
+            }
+            return self
+                .attach_uplink()
+                .map_err(|e| Refusal::internal(format!("{e:#}")));
+        }
         if let Some(old) = self
             .state
             .ports

@@ -34,7 +34,7 @@ use crate::{
     },
     duplicates,
     host::{self, Attach, Host},
-    mac::{Mac, MacPrefix},
+    mac::Mac,
     plan::Plan,
     ports::{self, LinkEvent, Links, VmPorts},
     proto::{self, Reply, Request, IDLE, MAX_LINE},
@@ -79,18 +79,7 @@ struct Ctx {
     host: Mutex<Host>,
     links: Links,
     announcer: Arc<Announcer>,
-    dups: Duplicates,
-}
-
-/// The duplicate outside-MAC watch: what was seen, which interfaces are watched, and whether
-/// network-side ports of managed bridges are added as they appear.
-struct Duplicates {
-    log: Arc<Mutex<duplicates::Log>>,
-    watching: Mutex<HashMap<u32, (String, tokio::task::AbortHandle)>>,
-    host_pool: MacPrefix,
-    vm_ports: Option<VmPorts>,
-    /// The uplink, when it is watched: watched again when it comes back.
-    uplink: Option<String>,
+    dups: Arc<duplicates::Watcher>,
 }
 
 impl Ctx {
@@ -139,7 +128,15 @@ pub async fn run(opts: Options) -> Result<()> {
     host.reconcile()
         .context("reconciling the data plane with the state")?;
     let links = Links::new()?;
-    let mut network_side = Vec::new();
+    let uplink = host.uplink().and_then(|(u, i)| Some((u.name.clone(), i?)));
+    let dups = duplicates::Watcher::new(
+        host.host_prefix(),
+        auto_watch,
+        uplink
+            .clone()
+            .filter(|_| opts.watch.is_empty())
+            .map(|u| u.0),
+    );
     // VM ports already in a managed bridge are guarded now, not at their first change. Only
     // interfaces the state does not know are looked up: reconcile has released the state's
     // ports that are gone or renamed, so the others need nothing. (A dump of every link, which
@@ -154,31 +151,17 @@ pub async fn run(opts: Options) -> Result<()> {
             if let Err(e) = host.link_changed(&link) {
                 warn!(port = link.name, error = %e, "guarding a port of a managed bridge");
             }
-            if auto_watch.as_ref().is_some_and(|v| v.network_side(&link)) {
-                network_side.push((link.name.clone(), link.ifindex));
-            }
-        }
-    }
-    let mut watch: Vec<(String, u32)> = network_side;
-    let mut watched_uplink = None;
-    if let Some((u, Some(ifindex))) = host.uplink() {
-        if opts.watch.is_empty() {
-            watch.push((u.name.clone(), ifindex));
-            watched_uplink = Some(u.name.clone());
+            dups.link_changed(&link);
         }
     }
     for name in &opts.watch {
         let ifindex = ports::ifindex(name)
             .with_context(|| format!("the interface {name} to watch does not exist"))?;
-        watch.push((name.clone(), ifindex));
+        dups.start(name.clone(), ifindex);
     }
-    let dups = Duplicates {
-        log: Arc::default(),
-        watching: Mutex::default(),
-        host_pool: host.host_prefix(),
-        vm_ports: auto_watch,
-        uplink: watched_uplink,
-    };
+    if let Some((name, ifindex)) = uplink.filter(|_| opts.watch.is_empty()) {
+        dups.start(name, ifindex);
+    }
     let ctx = Arc::new(Ctx {
         dups,
         host: Mutex::new(host),
@@ -199,11 +182,8 @@ pub async fn run(opts: Options) -> Result<()> {
             "ready"
         );
     }
-    if watch.is_empty() {
+    if ctx.dups.watching().is_empty() {
         info!("no interface is watched for duplicate outside MACs (--watch IFACE names one)");
-    }
-    for (name, ifindex) in watch {
-        watch_duplicates(&ctx, name, ifindex);
     }
     crate::systemd::ready();
     tokio::spawn(watch_events(ring, ctx.clone()));
@@ -251,66 +231,13 @@ pub async fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-/// Watches `name` for duplicate outside MACs until it goes away (once per interface).
-fn watch_duplicates(ctx: &Arc<Ctx>, name: String, ifindex: u32) {
-    let mut watching = lock(&ctx.dups.watching);
-    if watching.contains_key(&ifindex) {
-        return;
-    }
-    // A socket bound to an interface that is gone receives nothing and may never fail.
-    watching.retain(|&i, (_, task)| {
-        let gone = ports::ifname(i) == ports::Lookup::Gone;
-        if gone {
-            task.abort();
-        }
-        !gone
-    });
-    info!(
-        interface = name,
-        ifindex, "watching for duplicate outside MACs"
-    );
-    let c = ctx.clone();
-    let shown = name.clone();
-    let task = tokio::spawn(async move {
-        let d = &c.dups;
-        let r = duplicates::watch(name.clone(), ifindex, d.host_pool, d.log.clone()).await;
-        if let Err(e) = r {
-            info!(interface = name, error = %e, "no longer watching for duplicate outside MACs");
-        }
-        lock(&d.watching).remove(&ifindex);
-    });
-    watching.insert(ifindex, (shown, task.abort_handle()));
-}
-
-/// Stops watching the interface `ifindex` when it is gone.
-fn unwatch_gone(ctx: &Ctx, ifindex: u32) {
-    let mut watching = lock(&ctx.dups.watching);
-    if watching.contains_key(&ifindex) && ports::ifname(ifindex) == ports::Lookup::Gone {
-        if let Some((name, task)) = watching.remove(&ifindex) {
-            task.abort();
-            info!(
-                interface = name,
-                ifindex, "gone: no longer watching for duplicate outside MACs"
-            );
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The mode, what is watched and what was seen, for `mat stats` and `mat plan`.
 fn mode_and_duplicates(
     ctx: &Ctx,
     mut mode: ModeView,
 ) -> (ModeView, u64, Vec<duplicates::Duplicate>) {
-    mode.watching = lock(&ctx.dups.watching)
-        .values()
-        .map(|(name, _)| name.clone())
-        .collect();
-    mode.watching.sort();
-    let (total, recent) = lock(&ctx.dups.log).view();
+    mode.watching = ctx.dups.watching();
+    let (total, recent) = ctx.dups.seen();
     (mode, total, recent)
 }
 
@@ -669,19 +596,9 @@ async fn watch_links(events: impl Stream<Item = LinkEvent>, ctx: Arc<Ctx>) {
             }
         })
         .await;
-        if let LinkEvent::Removed { ifindex, .. } = &ev {
-            unwatch_gone(&ctx, *ifindex);
-        }
-        if let LinkEvent::Changed(link) = &ev {
-            if ctx
-                .dups
-                .vm_ports
-                .as_ref()
-                .is_some_and(|v| v.network_side(link))
-                || ctx.dups.uplink.as_ref() == Some(&link.name)
-            {
-                watch_duplicates(&ctx, link.name.clone(), link.ifindex);
-            }
+        match &ev {
+            LinkEvent::Removed { ifindex, .. } => ctx.dups.link_removed(*ifindex),
+            LinkEvent::Changed(link) => ctx.dups.link_changed(link),
         }
         if let Err(e) = result {
             warn!(event = ?ev, error = %e, "handling a link event");

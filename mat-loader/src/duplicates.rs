@@ -13,15 +13,19 @@ use std::{
     io,
     mem::size_of,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use etherparse::{ArpHardwareId, LinkSlice, NetSlice, SlicedPacket, TransportSlice};
 use serde::{Deserialize, Serialize};
-use tokio::io::unix::AsyncFd;
-use tracing::warn;
+use tokio::{io::unix::AsyncFd, task::AbortHandle};
+use tracing::{info, warn};
 
-use crate::mac::{Mac, MacPrefix};
+use crate::{
+    mac::{Mac, MacPrefix},
+    ports::{self, LinkInfo, VmPorts},
+};
 
 /// A MAC is logged at most once per this period (every frame is counted).
 pub const LOG_EVERY: Duration = Duration::from_mins(1);
@@ -362,30 +366,119 @@ fn recv_one(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<(usize, Option<u1
     Ok(Some((usize::try_from(n).unwrap_or(0), vlan)))
 }
 
-/// Watches `interface` until its socket fails: every claim on `pool` is recorded in `log`, and
-/// logged once per MAC per [`LOG_EVERY`].
-pub async fn watch(
-    interface: String,
-    ifindex: u32,
-    pool: MacPrefix,
-    log: std::sync::Arc<std::sync::Mutex<Log>>,
-) -> io::Result<()> {
-    let sock = Watch::open(ifindex, pool)?;
-    let mut buf = vec![0u8; SNAP as usize];
-    loop {
-        let (n, vlan) = sock.recv(&mut buf).await?;
-        let Some(c) = claim(&buf[..n.min(buf.len())], pool, vlan) else {
-            continue;
-        };
-        let now = Instant::now();
-        let log_it = log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .record(c, &interface, now);
-        if log_it {
-            warn!(mac = %c.mac, field = c.field, interface, vlan = ?c.vlan, source = %c.source,
+/// The daemon's watch: which interfaces are watched, and what was seen on them.
+pub struct Watcher {
+    log: Mutex<Log>,
+    watching: Mutex<HashMap<u32, (String, AbortHandle)>>,
+    host_pool: MacPrefix,
+    /// Port mode without `--watch`: the managed bridges' network-side ports, as they appear.
+    bridges: Option<VmPorts>,
+    /// The uplink, when it is watched: watched again when it comes back.
+    uplink: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Watcher {
+    pub fn new(
+        host_pool: MacPrefix,
+        bridges: Option<VmPorts>,
+        uplink: Option<String>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            log: Mutex::default(),
+            watching: Mutex::default(),
+            host_pool,
+            bridges,
+            uplink,
+        })
+    }
+
+    /// Watches `name` until it goes away (once per interface).
+    pub fn start(self: &Arc<Self>, name: String, ifindex: u32) {
+        let mut watching = lock(&self.watching);
+        if watching.contains_key(&ifindex) {
+            return;
+        }
+        // A socket bound to an interface that is gone receives nothing and may never fail.
+        watching.retain(|&i, (_, task)| {
+            let gone = ports::ifname(i) == ports::Lookup::Gone;
+            if gone {
+                task.abort();
+            }
+            !gone
+        });
+        info!(
+            interface = name,
+            ifindex, "watching for duplicate outside MACs"
+        );
+        let this = self.clone();
+        let shown = name.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = this.watch(&name, ifindex).await {
+                info!(interface = name, error = %e, "no longer watching for duplicate outside MACs");
+            }
+            lock(&this.watching).remove(&ifindex);
+        });
+        watching.insert(ifindex, (shown, task.abort_handle()));
+    }
+
+    /// A link appeared or changed: watched when it is a network-side port of a managed bridge
+    /// (port mode) or the uplink back again.
+    pub fn link_changed(self: &Arc<Self>, link: &LinkInfo) {
+        if self.bridges.as_ref().is_some_and(|v| v.network_side(link))
+            || self.uplink.as_ref() == Some(&link.name)
+        {
+            self.start(link.name.clone(), link.ifindex);
+        }
+    }
+
+    /// A link was removed (or left its bridge): no longer watched once it is gone.
+    pub fn link_removed(&self, ifindex: u32) {
+        let mut watching = lock(&self.watching);
+        if watching.contains_key(&ifindex) && ports::ifname(ifindex) == ports::Lookup::Gone {
+            if let Some((name, task)) = watching.remove(&ifindex) {
+                task.abort();
+                info!(
+                    interface = name,
+                    ifindex, "gone: no longer watching for duplicate outside MACs"
+                );
+            }
+        }
+    }
+
+    /// The interfaces watched, by name.
+    pub fn watching(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.watching).values().map(|w| w.0.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// Frames seen in all, and the MACs most recently seen.
+    pub fn seen(&self) -> (u64, Vec<Duplicate>) {
+        lock(&self.log).view()
+    }
+
+    /// Watches one interface until its socket fails: every claim on the host pool is recorded,
+    /// and logged once per MAC per [`LOG_EVERY`].
+    async fn watch(&self, interface: &str, ifindex: u32) -> io::Result<()> {
+        let pool = self.host_pool;
+        let sock = Watch::open(ifindex, pool)?;
+        let mut buf = vec![0u8; SNAP as usize];
+        loop {
+            let (n, vlan) = sock.recv(&mut buf).await?;
+            let Some(c) = claim(&buf[..n.min(buf.len())], pool, vlan) else {
+                continue;
+            };
+            let now = Instant::now();
+            let log_it = lock(&self.log).record(c, interface, now);
+            if log_it {
+                warn!(mac = %c.mac, field = c.field, interface, vlan = ?c.vlan, source = %c.source,
                   "duplicate outside MAC: a frame from the network claims one of this host's \
                    MACs (another host with the same rack and host id?)");
+            }
         }
     }
 }

@@ -401,6 +401,42 @@ fn a_second_host_with_the_same_rack_and_host_id_is_detected() {
     assert!(d1
         .cli_ok(&["stats"])
         .contains("DUPLICATE 02:00:5e:01:03:00"));
+
+    // Claims beyond the Ethernet source, from a host whose frames carry its own MAC: an ARP
+    // sender in VLAN 7 and an ND target link-layer option, sent into the trunk from hv2's side.
+    let t2 = format!("t2-{}", &lab.bridge[3..]);
+    let stranger = random_inside_mac();
+    let mut arp = mat_loader::announce::frame(
+        mat_loader::mac::Mac(outside(5)),
+        "192.0.2.99".parse().unwrap(),
+    );
+    arp[6..12].copy_from_slice(&stranger);
+    arp.splice(12..12, [0x81, 0x00, 0x00, 0x07]);
+    inject(&hv2, &t2, &arp);
+    let mut na = mat_loader::announce::frame(
+        mat_loader::mac::Mac(outside(6)),
+        "2001:db8::99".parse().unwrap(),
+    );
+    na[6..12].copy_from_slice(&stranger);
+    inject(&hv2, &t2, &na);
+    let seen = |mac: Mac| {
+        d1.cli_json(&["stats"])["recent_duplicates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["mac"] == fmt_mac(&mac))
+            .cloned()
+    };
+    wait_for("the ARP and ND claims", Duration::from_secs(5), || {
+        seen(outside(5)).is_some() && seen(outside(6)).is_some()
+    });
+    let arp_dup = seen(outside(5)).unwrap();
+    assert_eq!(arp_dup["field"], "arp sender", "{arp_dup}");
+    assert_eq!(arp_dup["vlan"], 7, "{arp_dup}");
+    assert_eq!(arp_dup["source"], fmt_mac(&stranger));
+    let nd_dup = seen(outside(6)).unwrap();
+    assert_eq!(nd_dup["field"], "nd tllao", "{nd_dup}");
+    assert_eq!(nd_dup["vlan"], Value::Null);
 }
 
 /// Long enough for one announcement's three rounds, 0.5 s apart, to be over.

@@ -100,6 +100,13 @@ impl Ctx {
 
 pub async fn run(opts: Options) -> Result<()> {
     raise_nofile();
+    if let Some(u) = opts
+        .uplink
+        .as_ref()
+        .filter(|u| ports::ifindex(&u.name).is_none())
+    {
+        bail!("the uplink {} does not exist", u.name);
+    }
     // Every exclusive resource first: a refused daemon must not touch the data plane.
     let store = tokio::task::block_in_place(|| Store::open(&opts.state_dir, LOCK_WAIT))?;
     let pin_lock = tokio::task::block_in_place(|| Dataplane::lock(&opts.pin_dir, LOCK_WAIT))?;

@@ -22,10 +22,7 @@ use etherparse::{
 };
 use tracing::{info, warn};
 
-use crate::{
-    mac::Mac,
-    ports::{LinkInfo, Links},
-};
+use crate::{mac::Mac, ports::Links};
 
 /// Announcements per address, and the gap between them (three over about a second).
 pub const COUNT: usize = 3;
@@ -75,6 +72,10 @@ impl Quieted {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Announce {
     pub ifindex: u32,
+    /// The interface to send on instead of the port's bridge: in uplink mode the uplink, so
+    /// that VMs of the same bridge, which reach the VM by its inside MAC, never learn the
+    /// outside one.
+    pub via: Option<u32>,
     pub outside: Mac,
     pub ips: Vec<IpAddr>,
     /// Learned from the VM's own traffic (rate-limited), rather than given by the operator.
@@ -175,11 +176,16 @@ impl Announcer {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            match this.links.by_index(a.ifindex).await {
-                Ok(Some(LinkInfo {
-                    master: Some(bridge),
-                    ..
-                })) => {
+            let out = match a.via {
+                Some(via) => Ok(Some(via)),
+                None => this
+                    .links
+                    .by_index(a.ifindex)
+                    .await
+                    .map(|l| l.and_then(|l| l.master)),
+            };
+            match out {
+                Ok(Some(bridge)) => {
                     let mut sent = 0;
                     for round in 0..COUNT {
                         if round > 0 {

@@ -8,8 +8,12 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     client::Client,
+    duplicates::Duplicate,
     proto::{ErrorBody, Reply, Request},
-    views::{AttachView, DetachView, ListView, PlanView, ReleasedPortView, RoutesView, StatsView},
+    views::{
+        AttachView, DetachView, ListView, ModeView, PlanView, ReleasedPortView, RoutesView,
+        StatsView,
+    },
 };
 
 /// Runs `req`, prints the result with `text` (or as JSON), and turns the outcome into an exit
@@ -149,7 +153,49 @@ pub fn list_text(l: &ListView) -> String {
     table(rows)
 }
 
+/// `mode port` or `mode uplink eno1 (XDP native)`, and what is watched for duplicates.
+fn mode_text(m: &ModeView) -> String {
+    let mut out = format!("mode        {}", m.mode);
+    if let Some(u) = &m.uplink {
+        out.push_str(&format!(
+            " {u} (XDP {})",
+            m.uplink_xdp.as_deref().unwrap_or("?")
+        ));
+    }
+    out.push_str(&format!(
+        "\nwatching    {}\n",
+        if m.watching.is_empty() {
+            "nothing for duplicates".to_owned()
+        } else {
+            m.watching.join(", ")
+        }
+    ));
+    out
+}
+
+/// The duplicate outside MACs seen: the count, then one line per MAC (latest first).
+fn duplicates_text(total: u64, recent: &[Duplicate]) -> String {
+    let mut out = format!("duplicates  {total}\n");
+    for d in recent {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(d.last_ms);
+        out.push_str(&format!(
+            "  DUPLICATE {} ({}) on {}{} from {}, {} frames, last {}\n",
+            d.mac,
+            d.field,
+            d.interface,
+            d.vlan.map(|v| format!(" vlan {v}")).unwrap_or_default(),
+            d.source,
+            d.frames,
+            humantime::format_rfc3339_seconds(at)
+        ));
+    }
+    out
+}
+
 pub fn stats_text(s: &StatsView) -> String {
+    let mut out = mode_text(&s.mode);
+    out.push_str(&duplicates_text(s.duplicates, &s.recent_duplicates));
+    out.push('\n');
     let mut rows = vec![vec![
         "HOOK".into(),
         "DIRECTION".into(),
@@ -164,7 +210,7 @@ pub fn stats_text(s: &StatsView) -> String {
             c.packets.to_string(),
         ]);
     }
-    let mut out = table(rows);
+    out.push_str(&table(rows));
     out.push('\n');
     let opt = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
     let mut rows = vec![vec![
@@ -214,6 +260,8 @@ pub fn plan_text(p: &PlanView) -> String {
             .map(|m| format!(" (next {m})"))
             .unwrap_or_default(),
     );
+    out.push_str(&mode_text(&p.mode));
+    out.push_str(&duplicates_text(p.duplicates, &p.recent_duplicates));
     for b in &p.bound {
         out.push_str(&format!(
             "  bound  {}  {} {}{}\n",

@@ -30,6 +30,7 @@ use crate::{
     daemon,
     mac::MacPrefix,
     plan::{Plan, PlanError},
+    uplink::{Uplink, XdpMode},
     DEFAULT_SOCKET,
 };
 
@@ -96,6 +97,18 @@ pub struct DaemonArgs {
     /// (for DHCP snooping that checks Ethernet source == chaddr).
     #[arg(long, value_enum)]
     dhcp_chaddr: Option<DhcpChaddr>,
+    /// Uplink mode: translate on this bridge port towards the network (TC egress, XDP in),
+    /// keyed by MAC only, instead of on each VM port.
+    #[arg(long, value_name = "IFACE")]
+    uplink: Option<String>,
+    /// How the uplink's XDP program is attached: native (default) or generic, where the
+    /// driver has no native XDP.
+    #[arg(long, value_enum)]
+    uplink_xdp: Option<XdpMode>,
+    /// An interface to watch for frames from this host's outside MACs that came from the
+    /// network (repeatable; default: the uplink, or the managed bridges' other ports).
+    #[arg(long = "watch", value_name = "IFACE")]
+    watch: Vec<String>,
     /// Log format on stderr.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -141,6 +154,9 @@ struct File {
     vm_ports: Option<String>,
     port_security: Option<Switch>,
     dhcp_chaddr: Option<DhcpChaddr>,
+    uplink: Option<String>,
+    uplink_xdp: Option<XdpMode>,
+    watch: Option<Vec<String>>,
     log_format: Option<LogFormat>,
 }
 
@@ -223,6 +239,15 @@ fn resolve(args: DaemonArgs, socket: Option<PathBuf>) -> Result<Resolved> {
     } else {
         args.bridges
     };
+    let uplink = args.uplink.or(file.uplink).map(|name| Uplink {
+        name,
+        xdp: args.uplink_xdp.or(file.uplink_xdp).unwrap_or_default(),
+    });
+    let watch = if args.watch.is_empty() {
+        file.watch.unwrap_or_default()
+    } else {
+        args.watch
+    };
     let vm_ports = args
         .vm_ports
         .or(file.vm_ports)
@@ -249,6 +274,8 @@ fn resolve(args: DaemonArgs, socket: Option<PathBuf>) -> Result<Resolved> {
             vm_ports,
             port_security: args.port_security.or(file.port_security) != Some(Switch::Off),
             dhcp_translate: args.dhcp_chaddr.or(file.dhcp_chaddr) == Some(DhcpChaddr::Translate),
+            uplink,
+            watch,
         },
         log_format: args
             .log_format

@@ -59,6 +59,9 @@ fn every_key_is_listed_at_its_default() {
         vm_ports,
         port_security,
         dhcp_chaddr,
+        uplink,
+        uplink_xdp,
+        watch,
         log_format,
     } = file;
     // The plan has no default: an example.
@@ -73,6 +76,9 @@ fn every_key_is_listed_at_its_default() {
     assert_eq!(port_security, Some(Switch::On));
     assert_eq!(dhcp_chaddr, Some(DhcpChaddr::Keep));
     assert_eq!(log_format, Some(LogFormat::Text));
+    assert!(uplink.is_some(), "an example uplink");
+    assert_eq!(uplink_xdp, Some(XdpMode::Native));
+    assert_eq!(watch, Some(vec![]));
     assert_eq!(socket.as_deref(), Some(Path::new(crate::paths::SOCKET)));
     assert_eq!(
         state_dir.as_deref(),

@@ -32,6 +32,7 @@ use crate::{
         counters::{HOOKS, OUTCOMES},
         event::{Event, EventKind},
     },
+    duplicates,
     host::{self, Attach, Host},
     mac::Mac,
     plan::Plan,
@@ -39,7 +40,8 @@ use crate::{
     proto::{self, Reply, Request, IDLE, MAX_LINE},
     refusal::{Code, Refusal},
     store::Store,
-    views::{CounterView, PortView, ReleasedPortView, RoutesView, StatsView},
+    uplink::Uplink,
+    views::{CounterView, ModeView, PortView, ReleasedPortView, RoutesView, StatsView},
     Dataplane,
 };
 
@@ -66,12 +68,18 @@ pub struct Options {
     pub port_security: bool,
     /// DHCPv4: translate chaddr rather than keep it and set the broadcast flag.
     pub dhcp_translate: bool,
+    /// Uplink mode: translate on this uplink instead of on each VM port.
+    pub uplink: Option<Uplink>,
+    /// Interfaces to watch for duplicate outside MACs (empty: the uplink, or the managed
+    /// bridges' network-side ports).
+    pub watch: Vec<String>,
 }
 
 struct Ctx {
     host: Mutex<Host>,
     links: Links,
     announcer: Arc<Announcer>,
+    dups: Arc<duplicates::Watcher>,
 }
 
 impl Ctx {
@@ -92,6 +100,13 @@ impl Ctx {
 
 pub async fn run(opts: Options) -> Result<()> {
     raise_nofile();
+    if let Some(u) = opts
+        .uplink
+        .as_ref()
+        .filter(|u| ports::ifindex(&u.name).is_none())
+    {
+        bail!("the uplink {} does not exist", u.name);
+    }
     // Every exclusive resource first: a refused daemon must not touch the data plane.
     let store = tokio::task::block_in_place(|| Store::open(&opts.state_dir, LOCK_WAIT))?;
     let pin_lock = tokio::task::block_in_place(|| Dataplane::lock(&opts.pin_dir, LOCK_WAIT))?;
@@ -117,6 +132,7 @@ pub async fn run(opts: Options) -> Result<()> {
     // Subscribe before reconciling, so that a port removed in between is seen.
     let link_events = ports::events()?;
     let vm_ports = VmPorts::new(opts.bridges.clone(), opts.vm_ports.clone());
+    let auto_watch = (opts.watch.is_empty() && opts.uplink.is_none()).then(|| vm_ports.clone());
     let mut host = Host::open(
         store,
         dp,
@@ -126,11 +142,21 @@ pub async fn run(opts: Options) -> Result<()> {
             vm_ports,
             port_security: opts.port_security,
             dhcp_translate: opts.dhcp_translate,
+            uplink: opts.uplink.clone(),
         },
     )?;
     host.reconcile()
         .context("reconciling the data plane with the state")?;
     let links = Links::new()?;
+    let uplink = host.uplink().and_then(|(u, i)| Some((u.name.clone(), i?)));
+    let dups = duplicates::Watcher::new(
+        host.host_prefix(),
+        auto_watch,
+        uplink
+            .clone()
+            .filter(|_| opts.watch.is_empty())
+            .map(|u| u.0),
+    );
     // VM ports already in a managed bridge are guarded now, not at their first change. Only
     // interfaces the state does not know are looked up: reconcile has released the state's
     // ports that are gone or renamed, so the others need nothing. (A dump of every link, which
@@ -145,9 +171,19 @@ pub async fn run(opts: Options) -> Result<()> {
             if let Err(e) = host.link_changed(&link) {
                 warn!(port = link.name, error = %e, "guarding a port of a managed bridge");
             }
+            dups.link_changed(&link);
         }
     }
+    for name in &opts.watch {
+        let ifindex = ports::ifindex(name)
+            .with_context(|| format!("the interface {name} to watch does not exist"))?;
+        dups.start(name.clone(), ifindex);
+    }
+    if let Some((name, ifindex)) = uplink.filter(|_| opts.watch.is_empty()) {
+        dups.start(name, ifindex);
+    }
     let ctx = Arc::new(Ctx {
+        dups,
         host: Mutex::new(host),
         announcer: Arc::new(
             Announcer::new(links.clone()).context("opening a packet socket for gratuitous ARP")?,
@@ -165,6 +201,9 @@ pub async fn run(opts: Options) -> Result<()> {
             bridges = ?opts.bridges,
             "ready"
         );
+    }
+    if ctx.dups.watching().is_empty() {
+        info!("no interface is watched for duplicate outside MACs (--watch IFACE names one)");
     }
     crate::systemd::ready();
     tokio::spawn(watch_events(ring, ctx.clone()));
@@ -210,6 +249,16 @@ pub async fn run(opts: Options) -> Result<()> {
     drop(pin_lock);
     info!("stopped; the data plane keeps translating");
     Ok(())
+}
+
+/// The mode, what is watched and what was seen, for `mat stats` and `mat plan`.
+fn mode_and_duplicates(
+    ctx: &Ctx,
+    mut mode: ModeView,
+) -> (ModeView, u64, Vec<duplicates::Duplicate>) {
+    mode.watching = ctx.dups.watching();
+    let (total, recent) = ctx.dups.seen();
+    (mode, total, recent)
 }
 
 /// The interfaces of the daemon's network namespace whose names are not in `known`, read line
@@ -442,7 +491,12 @@ async fn handle(req: Request, ctx: &Arc<Ctx>) -> Result<Reply, Refusal> {
             Reply::ok(&ReleasedPortView { port })
         }
         Request::List {} => Reply::ok(&with_host(ctx, |h| Ok(h.list())).await?),
-        Request::Plan {} => Reply::ok(&with_host(ctx, |h| Ok(h.plan())).await?),
+        Request::Plan {} => {
+            let mut plan = with_host(ctx, |h| Ok(h.plan())).await?;
+            let mode = std::mem::take(&mut plan.mode);
+            (plan.mode, plan.duplicates, plan.recent_duplicates) = mode_and_duplicates(ctx, mode);
+            Reply::ok(&plan)
+        }
         Request::Routes {} => Reply::ok(&RoutesView {
             routes: with_host(ctx, |h| Ok(h.routes())).await?,
         }),
@@ -455,10 +509,11 @@ async fn handle(req: Request, ctx: &Arc<Ctx>) -> Result<Reply, Refusal> {
 }
 
 async fn stats(ctx: &Arc<Ctx>) -> Result<StatsView> {
-    let (counters, ports) = {
+    let (counters, ports, mode) = {
         let host = ctx.host();
-        (host.counters()?, host.ports())
+        (host.counters()?, host.ports(), host.mode())
     };
+    let (mode, duplicates, recent_duplicates) = mode_and_duplicates(ctx, mode);
     let link_stats: HashMap<u32, ports::LinkInfo> = ctx
         .links
         .all()
@@ -492,7 +547,13 @@ async fn stats(ctx: &Arc<Ctx>) -> Result<StatsView> {
             }
         })
         .collect();
-    Ok(StatsView { counters, ports })
+    Ok(StatsView {
+        mode,
+        counters,
+        ports,
+        duplicates,
+        recent_duplicates,
+    })
 }
 
 /// The data plane's ring buffer: addresses learned from VMs' ARP, and VMs running for the first
@@ -555,6 +616,10 @@ async fn watch_links(events: impl Stream<Item = LinkEvent>, ctx: Arc<Ctx>) {
             }
         })
         .await;
+        match &ev {
+            LinkEvent::Removed { ifindex, .. } => ctx.dups.link_removed(*ifindex),
+            LinkEvent::Changed(link) => ctx.dups.link_changed(link),
+        }
         if let Err(e) = result {
             warn!(event = ?ev, error = %e, "handling a link event");
         }

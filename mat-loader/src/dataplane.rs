@@ -117,6 +117,21 @@ impl Dataplane {
     /// Attaches `mode`'s programs to `ifname` and pins the links. Idempotent: a program already
     /// attached there stays as it is, so a restarted control plane causes no gap.
     pub fn attach(&mut self, ifname: &str, mode: Mode) -> Result<(), Error> {
+        self.attach_with(ifname, mode, XdpFlags::default())
+    }
+
+    /// [`Dataplane::attach`] with the uplink's XDP mode: native (the driver's, refused where it
+    /// has none) or generic. A link already pinned stays in the mode it was attached in.
+    pub fn attach_uplink(&mut self, ifname: &str, generic: bool) -> Result<(), Error> {
+        let flags = if generic {
+            XdpFlags::SKB_MODE
+        } else {
+            XdpFlags::DRV_MODE
+        };
+        self.attach_with(ifname, Mode::Uplink, flags)
+    }
+
+    fn attach_with(&mut self, ifname: &str, mode: Mode, xdp_flags: XdpFlags) -> Result<(), Error> {
         let ifindex = ifindex(ifname)?;
         let wanted = mode.programs();
         if let Some(other) = self
@@ -157,7 +172,7 @@ impl Dataplane {
                 }
                 Hookpoint::Xdp => {
                     let xdp = <&mut Xdp>::try_from(prog)?;
-                    let id = xdp.attach(ifname, XdpFlags::default())?;
+                    let id = xdp.attach(ifname, xdp_flags)?;
                     xdp.take_link(id)?.try_into()?
                 }
             };

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod duplicates;
 pub mod generate;
 pub mod host;
 pub mod libvirt;
@@ -31,6 +32,7 @@ pub mod proto;
 pub mod refusal;
 pub mod state;
 pub mod store;
+pub mod uplink;
 pub mod views;
 
 pub use dataplane::{Counters, Dataplane, PinLock};

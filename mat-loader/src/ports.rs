@@ -257,6 +257,12 @@ impl VmPorts {
     pub fn managed(&self, link: &LinkInfo) -> bool {
         self.vm_shaped(link) && self.in_managed_bridge(link).is_some()
     }
+
+    /// Whether `link` is a port of a managed bridge towards the network (its uplink, a trunk):
+    /// where frames of other hosts come in.
+    pub fn network_side(&self, link: &LinkInfo) -> bool {
+        !self.vm_shaped(link) && self.in_managed_bridge(link).is_some()
+    }
 }
 
 #[cfg(test)]

@@ -175,6 +175,22 @@ impl Store {
         set_meta(&self.db, "plan", &serde_json::to_string(plan)?)
     }
 
+    /// Where the bindings are translated (`port` or `uplink`, see [`crate::uplink`]): `port`
+    /// when never recorded, the only mode before uplink mode.
+    pub fn mode(&self) -> Result<String> {
+        let mode = self
+            .db
+            .query_row("SELECT value FROM meta WHERE key = 'mode'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(mode.unwrap_or_else(|| "port".to_owned()))
+    }
+
+    pub fn set_mode(&mut self, mode: &str) -> Result<()> {
+        set_meta(&self.db, "mode", mode)
+    }
+
     /// Makes `changes` durable, all or none.
     pub fn commit(&mut self, changes: &[Change]) -> Result<()> {
         let tx = self.db.transaction()?;

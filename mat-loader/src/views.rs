@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{alloc::Source, mac::Mac, plan::Route};
+use crate::{alloc::Source, duplicates::Duplicate, mac::Mac, plan::Route};
 
 /// A binding as the daemon shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,9 +86,30 @@ pub struct PortView {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatsView {
+    #[serde(default)]
+    pub mode: ModeView,
     /// Every counter of the data plane, zeros included, summed over CPUs.
     pub counters: Vec<CounterView>,
     pub ports: Vec<PortView>,
+    /// Frames from the network that claimed one of this host's outside MACs, and the MACs
+    /// most recently claimed (see [`crate::duplicates`]).
+    #[serde(default)]
+    pub duplicates: u64,
+    #[serde(default)]
+    pub recent_duplicates: Vec<Duplicate>,
+}
+
+/// Where the host translates: on each VM port (`port`) or on one uplink (`uplink`); and the
+/// interfaces watched for duplicate outside MACs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeView {
+    pub mode: String,
+    pub uplink: Option<String>,
+    pub uplink_ifindex: Option<u32>,
+    /// `native` or `generic`.
+    pub uplink_xdp: Option<String>,
+    #[serde(default)]
+    pub watching: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -134,4 +155,11 @@ pub struct PlanView {
     pub bound: Vec<BoundView>,
     pub held: Vec<HeldView>,
     pub free: FreeView,
+    #[serde(default)]
+    pub mode: ModeView,
+    /// As in [`StatsView`].
+    #[serde(default)]
+    pub duplicates: u64,
+    #[serde(default)]
+    pub recent_duplicates: Vec<Duplicate>,
 }

@@ -142,6 +142,12 @@ impl Daemon {
         self.bin.as_deref().unwrap_or_else(|| mat_binary())
     }
 
+    /// Replaces the options of the next start (the directories stay): a restart with another
+    /// configuration.
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(std::string::ToString::to_string).collect();
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("mat.sock")
     }

@@ -18,17 +18,15 @@ impl Host {
     /// logged, at most once per [`announce::WARN_EVERY`] per binding). Learned IPv6 addresses are
     /// kept (the latest [`LEARNED6_MAX`]) for `mat list` and the next announcement; one given or
     /// learned before is not announced again.
-    pub fn on_event(
-        &mut self,
-        ifindex: u32,
-        inside: Mac,
-        learned: Option<IpAddr>,
-    ) -> Option<Announce> {
-        let b = self
-            .state
-            .bindings
-            .iter()
-            .find(|b| b.ifindex == ifindex && b.inside == inside)?;
+    ///
+    /// `at` is where the data plane found the binding: its port, or in uplink mode the uplink's
+    /// maps (keyed by MAC only).
+    pub fn on_event(&mut self, at: u32, inside: Mac, learned: Option<IpAddr>) -> Option<Announce> {
+        let at_port = |b: &&crate::state::Binding| {
+            b.inside == inside && (self.uplink.is_some() || b.ifindex == at)
+        };
+        let b = self.state.bindings.iter().find(at_port)?;
+        let ifindex = b.ifindex;
         let ips = if let Some(ip) = learned {
             if !announce::announceable(ip) {
                 return None;
@@ -67,7 +65,7 @@ impl Host {
             let mut ips = b.ips.clone();
             ips.extend(
                 self.dp
-                    .learned_for(ifindex, inside.0)
+                    .learned_for(at, inside.0)
                     .ok()
                     .flatten()
                     .map(IpAddr::V4)
@@ -86,6 +84,7 @@ impl Host {
         };
         (!ips.is_empty()).then_some(Announce {
             ifindex,
+            via: self.uplink_ifindex,
             outside: b.outside,
             ips,
             learned: learned.is_some(),

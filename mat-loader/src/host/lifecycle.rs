@@ -4,16 +4,17 @@
 
 use std::collections::{HashMap, HashSet};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tracing::{info, warn};
 
 use super::{flags, now_ms, Host};
 use crate::{
-    common::maps::{BindingKey, BINDING_ANNOUNCE, BINDING_PORT_SECURITY, UPLINK_IFINDEX},
+    common::maps::{BindingKey, BINDING_ANNOUNCE, BINDING_PORT_SECURITY},
     mac::Mac,
     ports::{self, LinkInfo},
     refusal::Refusal,
     state::{Change, Port},
+    uplink::XdpMode,
     Mode, Program,
 };
 
@@ -47,10 +48,19 @@ impl Host {
                 warn!(port = p.name, error = %e, "attaching the programs at start");
             }
         }
+        self.attach_uplink()?;
         let ours: HashSet<u32> = self.state.ports.iter().map(|p| p.ifindex).collect();
+        // Uplink programs elsewhere than on this run's uplink: a former uplink, or uplink mode
+        // left for port mode.
         let mut stray: Vec<u32> = pinned
             .into_iter()
-            .filter(|&(i, p)| !ours.contains(&i) && p.on_port())
+            .filter(|&(i, p)| {
+                if p.on_port() {
+                    !ours.contains(&i)
+                } else {
+                    self.uplink_ifindex != Some(i)
+                }
+            })
             .map(|(i, _)| i)
             .collect();
         stray.sort_unstable();
@@ -58,26 +68,59 @@ impl Host {
         for i in stray {
             info!(
                 ifindex = i,
-                "detaching from a port that is not in the state"
+                "detaching from an interface that is neither a port in the state nor the uplink"
             );
             self.dp.detach(i)?;
         }
         self.fix_maps()
     }
 
-    /// Corrects the binding maps to the state (outside MAC and port security).
+    /// Uplink mode: the uplink programs on the uplink (kept when already pinned there). The
+    /// daemon cannot run in uplink mode without them.
+    fn attach_uplink(&mut self) -> Result<()> {
+        let Some(u) = self.uplink.clone() else {
+            return Ok(());
+        };
+        let ifindex = ports::ifindex(&u.name)
+            .ok_or_else(|| anyhow::anyhow!("the uplink {} does not exist", u.name))?;
+        self.dp
+            .attach_uplink(&u.name, u.xdp == XdpMode::Generic)
+            .with_context(|| {
+                format!(
+                    "attaching the uplink programs to {} (XDP {}{})",
+                    u.name,
+                    u.xdp.name(),
+                    if u.xdp == XdpMode::Native {
+                        "; --uplink-xdp generic where the driver has no native XDP"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
+        self.uplink_ifindex = Some(ifindex);
+        info!(uplink = u.name, ifindex, xdp = u.xdp.name(), "uplink mode");
+        Ok(())
+    }
+
+    /// Corrects the binding maps to the state (outside MAC and port security): each binding in
+    /// its port's slot, or in uplink mode in the MAC-keyed maps; entries of the other mode go.
     fn fix_maps(&mut self) -> Result<()> {
         let from: HashMap<(u32, Mac), (Mac, bool)> = self
             .state
             .bindings
             .iter()
-            .map(|b| ((b.ifindex, b.inside), (b.outside, b.port_security)))
+            .map(|b| {
+                (
+                    (self.dp_ifindex(b.ifindex), b.inside),
+                    (b.outside, b.port_security),
+                )
+            })
             .collect();
         let to: HashMap<(u32, Mac), Mac> = self
             .state
             .bindings
             .iter()
-            .map(|b| ((b.ifindex, b.outside), b.inside))
+            .map(|b| ((self.dp_ifindex(b.ifindex), b.outside), b.inside))
             .collect();
         // An entry of a binding the state has (port and inside MAC) but with another outside MAC
         // or flags is not removed: the bind below overwrites it in place, so that the port
@@ -86,9 +129,6 @@ impl Host {
         let mut removed = 0;
         let mut have_from = HashMap::new();
         for (k, v) in self.dp.bindings()? {
-            if k.ifindex == UPLINK_IFINDEX {
-                continue;
-            }
             let secured = v.flags & BINDING_PORT_SECURITY != 0;
             match from.get(&(k.ifindex, Mac(k.mac))) {
                 Some(&want) if want == (Mac(v.mac), secured) => {
@@ -103,9 +143,6 @@ impl Host {
         }
         let mut have_to = HashMap::new();
         for (k, v) in self.dp.reverse_bindings()? {
-            if k.ifindex == UPLINK_IFINDEX {
-                continue;
-            }
             if to.get(&(k.ifindex, Mac(k.mac))) == Some(&Mac(v.mac)) {
                 have_to.insert(k, Mac(v.mac));
             } else {
@@ -118,16 +155,12 @@ impl Host {
         }
         let mut added = 0;
         for b in &self.state.bindings {
-            let ok_from =
-                have_from.get(&BindingKey::new(b.ifindex, b.inside.0)) == Some(&b.outside);
-            let ok_to = have_to.get(&BindingKey::new(b.ifindex, b.outside.0)) == Some(&b.inside);
+            let at = self.dp_ifindex(b.ifindex);
+            let ok_from = have_from.get(&BindingKey::new(at, b.inside.0)) == Some(&b.outside);
+            let ok_to = have_to.get(&BindingKey::new(at, b.outside.0)) == Some(&b.inside);
             if !(ok_from && ok_to) {
-                self.dp.bind(
-                    b.ifindex,
-                    b.inside.0,
-                    b.outside.0,
-                    flags(b, BINDING_ANNOUNCE),
-                )?;
+                self.dp
+                    .bind(at, b.inside.0, b.outside.0, flags(b, BINDING_ANNOUNCE))?;
                 added += 1;
             }
         }
@@ -183,6 +216,17 @@ impl Host {
     /// port of a managed bridge at once, so that the spoof check guards it from its first frame
     /// and its attach only writes a transaction and map entries.
     pub fn link_changed(&mut self, link: &LinkInfo) -> Result<(), Refusal> {
+        if self.uplink.as_ref().is_some_and(|u| u.name == link.name)
+            && self.uplink_ifindex != Some(link.ifindex)
+        {
+            // The uplink came back (or was replaced): the programs go on the new one.
+            if let Some(old) = self.uplink_ifindex.take() {
+                let _ = self.dp.detach(old);
+            }
+            return self
+                .attach_uplink()
+                .map_err(|e| Refusal::internal(format!("{e:#}")));
+        }
         if let Some(old) = self
             .state
             .ports

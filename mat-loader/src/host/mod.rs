@@ -23,7 +23,7 @@ use crate::{
     alloc::{Released, Source},
     announce::{self, Announce},
     common::{
-        maps::{BINDING_ANNOUNCE, BINDING_PORT_SECURITY, SETTING_DHCP_TRANSLATE},
+        maps::{BINDING_ANNOUNCE, BINDING_PORT_SECURITY, SETTING_DHCP_TRANSLATE, UPLINK_IFINDEX},
         pool::PoolPrefix,
     },
     mac::Mac,
@@ -32,6 +32,7 @@ use crate::{
     refusal::{Code, Refusal},
     state::{Binding, Change, Port, State},
     store::Store,
+    uplink::{self, Uplink},
     views::{AttachView, AttachVmView, BindingView, DetachView},
     Dataplane, Mode, Program,
 };
@@ -61,6 +62,8 @@ pub struct Options {
     pub port_security: bool,
     /// DHCPv4: translate chaddr rather than keep it and set the broadcast flag.
     pub dhcp_translate: bool,
+    /// Uplink mode: translate on this uplink instead of on each VM port.
+    pub uplink: Option<Uplink>,
 }
 
 /// IPv6 addresses learned per binding from the VM's own ND, most recent last.
@@ -95,6 +98,9 @@ pub struct Host {
     learned6: HashMap<(u32, Mac), Vec<Ipv6Addr>>,
     /// VMs claiming addresses given to others, for the warning.
     conflicts: announce::Quieted,
+    /// Uplink mode, and the uplink's index once its programs are attached.
+    uplink: Option<Uplink>,
+    uplink_ifindex: Option<u32>,
 }
 
 pub fn now_ms() -> u64 {
@@ -125,7 +131,14 @@ fn unknown_port(port: &str) -> Refusal {
 impl Host {
     /// Loads the state (or starts one) for `plan`, and takes the data plane.
     pub fn open(mut store: Store, mut dp: Dataplane, plan: Plan, opts: Options) -> Result<Self> {
-        let state = match store.load()? {
+        let loaded = store.load()?;
+        let stored_mode = store.mode()?;
+        let mode = uplink::mode_name(opts.uplink.as_ref());
+        let bound = loaded.as_ref().map_or(0, |s| s.bindings.len());
+        if let Some(why) = uplink::switch_refused(&stored_mode, mode, bound) {
+            anyhow::bail!("{why}");
+        }
+        let state = match loaded {
             None => {
                 let s = State::new(plan);
                 store.reset(&s)?;
@@ -159,6 +172,14 @@ impl Host {
                 plan.host_pool()
             ),
         };
+        if stored_mode != mode {
+            info!(
+                from = stored_mode,
+                to = mode,
+                "translation mode changed; nothing was bound"
+            );
+            store.set_mode(mode)?;
+        }
         let pool = state.plan.pool;
         dp.set_pools(&[PoolPrefix::new(pool.mac.0, pool.len)])
             .context("setting the outside pool")?;
@@ -177,7 +198,24 @@ impl Host {
             port_security: opts.port_security,
             learned6: HashMap::new(),
             conflicts: announce::Quieted::default(),
+            uplink: opts.uplink,
+            uplink_ifindex: None,
         })
+    }
+
+    /// Where a binding of the port `ifindex` lives in the maps: its port's slot, or in uplink
+    /// mode the MAC-keyed maps.
+    fn dp_ifindex(&self, ifindex: u32) -> u32 {
+        if self.uplink.is_some() {
+            UPLINK_IFINDEX
+        } else {
+            ifindex
+        }
+    }
+
+    /// The uplink (uplink mode), with its index once its programs are attached.
+    pub fn uplink(&self) -> Option<(&Uplink, Option<u32>)> {
+        self.uplink.as_ref().map(|u| (u, self.uplink_ifindex))
     }
 
     /// Makes `changes` durable, applies them to the state, then to the maps. If the maps refuse
@@ -201,7 +239,7 @@ impl Host {
                 Change::Bind(b) => self
                     .dp
                     .bind(
-                        b.ifindex,
+                        self.dp_ifindex(b.ifindex),
                         b.inside.0,
                         b.outside.0,
                         flags(b, BINDING_ANNOUNCE),
@@ -210,7 +248,8 @@ impl Host {
                 Change::Unbind(b) => {
                     self.learned6.remove(&(b.ifindex, b.inside));
                     // The disk no longer has it; a failure here is corrected by reconcile.
-                    if let Err(e) = self.dp.unbind(b.ifindex, b.inside.0, b.outside.0) {
+                    let at = self.dp_ifindex(b.ifindex);
+                    if let Err(e) = self.dp.unbind(at, b.inside.0, b.outside.0) {
                         warn!(port = b.port, error = %e, "removing a binding from the maps");
                     }
                     Ok(())
@@ -230,10 +269,16 @@ impl Host {
         let inverse: Vec<Change> = done.iter().rev().map(Change::inverse).collect();
         for c in &inverse {
             let r = match c {
-                Change::Bind(b) => self
-                    .dp
-                    .bind(b.ifindex, b.inside.0, b.outside.0, flags(b, 0)),
-                Change::Unbind(b) => self.dp.unbind(b.ifindex, b.inside.0, b.outside.0),
+                Change::Bind(b) => self.dp.bind(
+                    self.dp_ifindex(b.ifindex),
+                    b.inside.0,
+                    b.outside.0,
+                    flags(b, 0),
+                ),
+                Change::Unbind(b) => {
+                    self.dp
+                        .unbind(self.dp_ifindex(b.ifindex), b.inside.0, b.outside.0)
+                }
                 _ => Ok(()),
             };
             if let Err(e) = r {
@@ -308,6 +353,12 @@ impl Host {
         let Some(link) = link.filter(|l| l.name == port) else {
             return Err(unknown_port(port));
         };
+        if self.uplink_ifindex == Some(link.ifindex) {
+            return Err(Refusal::new(
+                Code::NotVmPort,
+                format!("{port} is the uplink MAT translates on"),
+            ));
+        }
         if let Some(why) = self.vm_ports.refusal(link, force) {
             return Err(Refusal::new(Code::NotVmPort, format!("{port} {why}")));
         }
@@ -402,6 +453,7 @@ impl Host {
               outside = %binding.outside, ?source, "attached");
         let announce = (!binding.ips.is_empty()).then(|| Announce {
             ifindex,
+            via: self.uplink_ifindex,
             outside: binding.outside,
             ips: binding.ips.clone(),
             learned: false,

@@ -11,7 +11,7 @@ use crate::{
     mac::Mac,
     plan::Route,
     state::Binding,
-    views::{BindingView, BoundView, FreeView, HeldView, ListView, PlanView},
+    views::{BindingView, BoundView, FreeView, HeldView, ListView, ModeView, PlanView},
     Counters,
 };
 
@@ -24,8 +24,12 @@ impl Host {
         let learned6 = self.learned6.get(&(b.ifindex, b.inside));
         let since = UNIX_EPOCH + std::time::Duration::from_secs(b.since);
         let learned = match learned {
-            Some(all) => all.get(&(b.ifindex, b.inside)).copied(),
-            None => self.dp.learned_for(b.ifindex, b.inside.0).ok().flatten(),
+            Some(all) => all.get(&(self.dp_ifindex(b.ifindex), b.inside)).copied(),
+            None => self
+                .dp
+                .learned_for(self.dp_ifindex(b.ifindex), b.inside.0)
+                .ok()
+                .flatten(),
         };
         BindingView {
             vm: b.vm.clone(),
@@ -124,6 +128,21 @@ impl Host {
                 reusable,
                 next,
             },
+            mode: self.mode(),
+            duplicates: 0,
+            recent_duplicates: Vec::new(),
+        }
+    }
+
+    /// Where the host translates (the daemon adds what it watches).
+    pub fn mode(&self) -> ModeView {
+        let u = self.uplink.as_ref();
+        ModeView {
+            mode: crate::uplink::mode_name(u).to_owned(),
+            uplink: u.map(|u| u.name.clone()),
+            uplink_ifindex: self.uplink_ifindex,
+            uplink_xdp: u.map(|u| u.xdp.name().to_owned()),
+            watching: Vec::new(),
         }
     }
 
@@ -153,6 +172,11 @@ impl Host {
                     .count(),
             })
             .collect()
+    }
+
+    /// This host's own outside MACs: pool | rack | host.
+    pub fn host_prefix(&self) -> crate::mac::MacPrefix {
+        self.state.plan.host_pool()
     }
 
     pub fn host_pool(&self) -> String {

@@ -430,6 +430,7 @@ async fn handle(req: Request, ctx: &Arc<Ctx>) -> Result<Reply, Refusal> {
         }
         Request::List {} => Reply::ok(&with_host(ctx, |h| Ok(h.list())).await?),
         Request::Plan {} => Reply::ok(&with_host(ctx, |h| Ok(h.plan())).await?),
+        Request::Doctor {} => Reply::ok(&with_host(ctx, |h| h.doctor()).await?),
         Request::Routes {} => Reply::ok(&RoutesView {
             routes: with_host(ctx, |h| Ok(h.routes())).await?,
         }),

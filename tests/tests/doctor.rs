@@ -104,6 +104,56 @@ fn link_pin(d: &Daemon, ifindex: u32, program: &str) -> PathBuf {
     links.into_iter().next().unwrap()
 }
 
+/// Detaches the link pinned at `pin` and leaves the pin (what `bpftool link detach pinned PIN`
+/// does): BPF_OBJ_GET, then BPF_LINK_DETACH.
+fn detach_link(pin: &Path) {
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        pad: u32,
+    }
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).unwrap();
+    let mut get = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        pad: 0,
+    };
+    // SAFETY: bpf(2) with a BPF_OBJ_GET attr that lives through the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            7,
+            std::ptr::from_mut(&mut get),
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "opening {}: {}",
+        pin.display(),
+        std::io::Error::last_os_error()
+    );
+    let mut detach: [u32; 2] = [u32::try_from(fd).unwrap(), 0];
+    // SAFETY: bpf(2) with a BPF_LINK_DETACH attr (link_fd) that lives through the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            34,
+            std::ptr::from_mut(&mut detach),
+            std::mem::size_of_val(&detach),
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: the descriptor BPF_OBJ_GET returned, ours alone.
+    unsafe { libc::close(i32::try_from(fd).unwrap()) };
+    assert_eq!(r, 0, "detaching {}: {err}", pin.display());
+}
+
 fn install_hook(hooks: &Path, socket: &Path) {
     let out = Command::new(mat_binary())
         .arg("--socket")
@@ -155,6 +205,31 @@ fn doctor_names_exactly_what_is_broken() {
     );
     d.restart();
     healthy(&d, hooks.path(), "restarted: the program is back");
+
+    // The other direction on the other port detached by hand, its pin left behind (what start-up
+    // trusts): doctor sees it in the kernel, and says to remove the pin before the restart.
+    let pin = link_pin(&d, vm1.port_index, "port_from_vm");
+    detach_link(&pin);
+    assert_eq!(
+        findings(&d, hooks.path()),
+        (
+            Some(1),
+            one(
+                "program_missing",
+                Some(&vm1.port),
+                None,
+                Some("port_from_vm")
+            )
+        ),
+        "a link detached by hand"
+    );
+    fs::remove_file(&pin).unwrap();
+    d.restart();
+    healthy(
+        &d,
+        hooks.path(),
+        "pin removed and restarted: the program is back",
+    );
 
     // A map entry deleted behind the daemon's back.
     let mut dp = Dataplane::open(d.pin_dir()).expect("opening the pinned maps");

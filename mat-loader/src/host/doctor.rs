@@ -24,17 +24,30 @@ impl Host {
                     .dp
                     .runs(&p.name, p.ifindex, program)
                     .map_err(|e| Refusal::internal(format!("querying {}: {e}", p.name)))?;
-                if runs == Some(false) {
-                    findings.push(
-                        Finding::new(
-                            Check::ProgramMissing,
-                            format!("{} does not run on the port", program.name()),
-                            RESTART,
-                        )
-                        .port(&p.name)
-                        .program(program.name()),
-                    );
+                if runs != Some(false) {
+                    continue;
                 }
+                let pin = self.dp.link_pin(p.ifindex, program);
+                // A link detached by hand stays pinned, and a pinned link is what start-up
+                // trusts: the pin must go first.
+                let finding = if pin.exists() {
+                    Finding::new(
+                        Check::ProgramMissing,
+                        format!(
+                            "{} does not run on the port: its pinned link is detached",
+                            program.name()
+                        ),
+                        format!("remove the pin {}, then {RESTART}", pin.display()),
+                    )
+                    .path(&pin)
+                } else {
+                    Finding::new(
+                        Check::ProgramMissing,
+                        format!("{} does not run on the port", program.name()),
+                        RESTART,
+                    )
+                };
+                findings.push(finding.port(&p.name).program(program.name()));
             }
         }
         let diff = self

@@ -1,7 +1,8 @@
 //! `mat doctor` against a running set-up in a lab: healthy first, then broken one way at a time
-//! (a program's link removed, a map entry deleted or added, libvirt's hook removed, changed or
-//! pointed elsewhere, the daemon stopped); each time doctor must name exactly that finding, and
-//! what it tells to do (restart the daemon, reinstall the hook) must make it healthy again.
+//! (a program's link removed or detached, a map entry deleted or added, libvirt's hook removed,
+//! changed or pointed elsewhere, a newer pinned layout, a bad config file, the daemon stopped);
+//! each time doctor must name exactly that finding, and what it tells to do (restart the daemon,
+//! reinstall the hook) must make it healthy again.
 
 use std::{
     fs,
@@ -295,6 +296,49 @@ fn doctor_names_exactly_what_is_broken() {
     );
     install_hook(hooks.path(), &d.socket());
     healthy(&d, hooks.path(), "the hook reinstalled");
+
+    // A pinned layout this binary does not know (a newer release's), beside the daemon's.
+    let newer = d.pin_dir().join("v99");
+    fs::create_dir(&newer).unwrap();
+    let seen = findings(&d, hooks.path());
+    fs::remove_dir(&newer).unwrap();
+    assert_eq!(
+        seen,
+        (Some(1), one("layout_mismatch", None, None, None)),
+        "a newer layout"
+    );
+
+    // A configuration file the daemon would refuse, checked as the daemon reads it.
+    let config = hooks.path().join("mat.toml");
+    fs::write(
+        &config,
+        "pool = \"01:00:5e:00:00:00/24\"\nrack = 1\nhost = 3\n",
+    )
+    .unwrap();
+    let out = doctor(
+        &d,
+        hooks.path(),
+        &["--json", "--config", &config.to_string_lossy()],
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let codes: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (out.status.code(), codes),
+        (Some(1), vec!["config_invalid"]),
+        "a multicast pool: {report}"
+    );
+    assert!(
+        report["findings"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid address plan"),
+        "{report}"
+    );
 
     // The daemon stopped: its pins stay, and only the daemon is missing.
     assert!(d.terminate().success());

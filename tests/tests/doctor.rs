@@ -348,3 +348,40 @@ fn doctor_names_exactly_what_is_broken() {
         "a stopped daemon"
     );
 }
+
+#[test]
+fn a_nearly_full_pool_is_a_warning() {
+    let lab = Lab::new(2);
+    // 48 - 24 (pool) - 8 (rack) - 15 (host) leaves 1 VM bit: two MACs.
+    let mut args = PLAN.to_vec();
+    args.extend(["--host-bits", "15"]);
+    let d = Daemon::start(&lab.hv, &args);
+    let hooks = TempDir::new("mat-doctor-hooks");
+    install_hook(hooks.path(), &d.socket());
+    d.cli_ok(&[
+        "attach",
+        &lab.vms[0].port,
+        "--mac",
+        &mac_str(&lab.vms[0].mac),
+    ]);
+    healthy(&d, hooks.path(), "one of two MACs bound");
+    d.cli_ok(&[
+        "attach",
+        &lab.vms[1].port,
+        "--mac",
+        &mac_str(&lab.vms[1].mac),
+    ]);
+    // A warning: reported, and still exit 0.
+    assert_eq!(
+        findings(&d, hooks.path()),
+        (Some(0), one("pool_nearly_full", None, None, None)),
+        "two of two MACs bound"
+    );
+    let out = doctor(&d, hooks.path(), &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("warning pool_nearly_full: 2 of the host pool's 2 MACs"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

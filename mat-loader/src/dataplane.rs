@@ -204,7 +204,7 @@ impl Dataplane {
         }
         let id = crate::linkinfo::prog_id(&pin)?;
         let (_, running) = SchedClassifier::query_tcx(ifname, at)?;
-        Ok(Some(id != 0 && running.iter().any(|r| r.id() == id)))
+        Ok(Some(running.iter().any(|r| r.id() == id)))
     }
 
     /// Interfaces with pinned links, as (ifindex, program).

@@ -51,10 +51,10 @@ use crate::{
 /// How long the hook waits for the daemon before giving up (libvirtd waits for the hook).
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The line that marks a hook script as MAT's own.
 /// libvirt's hooks directory.
 pub const HOOKS_DIR: &str = "/etc/libvirt/hooks";
 
+/// The line that marks a hook script as MAT's own.
 const MARKER: &str = "# MAT's libvirt qemu hook, written by `mat install libvirt-hook`.";
 
 #[derive(Args, Debug)]

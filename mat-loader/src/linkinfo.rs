@@ -56,8 +56,8 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-/// The id of the program the link pinned at `pin` runs (0 for a link detached by hand, which
-/// the kernel keeps as a defunct link while it is pinned).
+/// The id of the program the link pinned at `pin` holds. A link detached by hand keeps its
+/// program and its pin: only the hook's own list tells whether it still runs there.
 pub fn prog_id(pin: &Path) -> io::Result<u32> {
     let path = CString::new(pin.as_os_str().as_bytes())?;
     let mut get = ObjGet {

@@ -33,7 +33,7 @@ pub fn ensure(dir: &Path) -> Result<(), Error> {
 }
 
 /// Whether the deepest existing ancestor of `dir` is on a BPF filesystem.
-fn on_bpffs(dir: &Path) -> bool {
+pub(crate) fn on_bpffs(dir: &Path) -> bool {
     dir.ancestors()
         .find(|p| p.exists())
         .and_then(|p| statfs(p).ok())

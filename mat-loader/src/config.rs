@@ -284,6 +284,20 @@ fn resolve(args: DaemonArgs, socket: Option<PathBuf>) -> Result<Resolved> {
     })
 }
 
+/// Checks the configuration file (`path`, else the default one when it exists) as `mat daemon`
+/// reads it without flags; returns the pin directory it configures. `None` when there is no
+/// file to check (the daemon may run on flags).
+pub fn check(path: Option<&Path>) -> Option<Result<PathBuf>> {
+    if path.is_none() && !Path::new(DEFAULT_CONFIG).exists() {
+        return None;
+    }
+    let args = DaemonArgs {
+        config: path.map(Path::to_owned),
+        ..DaemonArgs::default()
+    };
+    Some(resolve(args, None).map(|r| r.options.pin_dir))
+}
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -497,6 +497,7 @@ async fn handle(req: Request, ctx: &Arc<Ctx>) -> Result<Reply, Refusal> {
             (plan.mode, plan.duplicates, plan.recent_duplicates) = mode_and_duplicates(ctx, mode);
             Reply::ok(&plan)
         }
+        Request::Doctor {} => Reply::ok(&with_host(ctx, |h| h.doctor()).await?),
         Request::Routes {} => Reply::ok(&RoutesView {
             routes: with_host(ctx, |h| Ok(h.routes())).await?,
         }),

@@ -246,6 +246,25 @@ impl Dataplane {
             .collect()
     }
 
+    /// Whether `p` runs on the port `ifname` (index `ifindex`) through its pinned link: the
+    /// program the link holds is among those the kernel runs at that hook. `None` before TCX
+    /// (clsact filters have no link to compare).
+    pub fn runs(&self, ifname: &str, ifindex: u32, p: Program) -> Result<Option<bool>, Error> {
+        let Hookpoint::Tc(at) = p.hookpoint() else {
+            return Ok(None);
+        };
+        if !tcx_available() {
+            return Ok(None);
+        }
+        let pin = self.link_pin(ifindex, p);
+        if !pin.exists() {
+            return Ok(Some(false));
+        }
+        let id = crate::linkinfo::prog_id(&pin)?;
+        let (_, running) = SchedClassifier::query_tcx(ifname, at)?;
+        Ok(Some(running.iter().any(|r| r.id() == id)))
+    }
+
     /// Interfaces with pinned links, as (ifindex, program).
     pub fn links(&self) -> Result<Vec<(u32, Program)>, Error> {
         let mut links = Vec::new();
@@ -599,6 +618,6 @@ fn ifindex(ifname: &str) -> Result<u32, Error> {
     nix::net::if_::if_nametoindex(ifname).map_err(|_| Error::NoInterface(ifname.to_owned()))
 }
 
-fn tcx_available() -> bool {
+pub(crate) fn tcx_available() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }

@@ -65,6 +65,8 @@ fn call<T: serde::de::DeserializeOwned>(
 ) -> Result<T, client::Error> {
     Client::connect_waiting(socket, TIMEOUT, restart_wait)?.call(req)
 }
+/// libvirt's hooks directory.
+pub const HOOKS_DIR: &str = "/etc/libvirt/hooks";
 
 /// The line that marks a hook script as MAT's own.
 const MARKER: &str = "# MAT's libvirt qemu hook, written by `mat install libvirt-hook`.";
@@ -90,7 +92,7 @@ pub enum Install {
     /// reads its hooks when it starts: restart it afterwards.
     LibvirtHook {
         /// libvirt's hooks directory.
-        #[arg(long, default_value = "/etc/libvirt/hooks", value_name = "DIR")]
+        #[arg(long, default_value = HOOKS_DIR, value_name = "DIR")]
         hooks_dir: PathBuf,
         /// The mat binary the hook runs (default: this one).
         #[arg(long, value_name = "PATH")]
@@ -238,6 +240,44 @@ pub fn install(what: Install, socket: &Path) -> ExitCode {
     }
 }
 
+/// What is wrong with MAT's hook in `hooks_dir` for the daemon on `socket` (see
+/// [`install_hook`]); `None` when it is in place, or when there is no hooks directory (no
+/// libvirt on this host).
+pub fn hook_status(hooks_dir: &Path, socket: &Path) -> Option<HookStatus> {
+    if !hooks_dir.is_dir() {
+        return None;
+    }
+    let path = hook_path(hooks_dir);
+    let Ok(script) = fs::read_to_string(&path) else {
+        return Some(HookStatus::Missing(path));
+    };
+    if !script.contains(MARKER) {
+        return Some(HookStatus::Missing(path));
+    }
+    if fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o111 == 0) {
+        return Some(HookStatus::NotExecutable(path));
+    }
+    let wanted = quote(&socket.to_string_lossy()).map(|s| format!(" --socket {s} "));
+    if !wanted.is_ok_and(|w| script.contains(&w)) {
+        return Some(HookStatus::OtherSocket(path));
+    }
+    None
+}
+
+/// A hook that is not as `mat install libvirt-hook` writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookStatus {
+    /// Absent, or another program's.
+    Missing(PathBuf),
+    NotExecutable(PathBuf),
+    /// It talks to another socket.
+    OtherSocket(PathBuf),
+}
+
+fn hook_path(hooks_dir: &Path) -> PathBuf {
+    hooks_dir.join("qemu.d").join("mat")
+}
+
 /// Writes `hooks_dir/qemu.d/mat` (atomically, mode 0755): a script that runs
 /// `mat --socket SOCKET libvirt-hook [--bridge B]... "$@"` in its own place (exec: no shell stays
 /// behind holding libvirtd's pipes). libvirtd passes hooks only LC_ALL, PATH and HOME, so the
@@ -248,9 +288,9 @@ pub fn install_hook(
     socket: &Path,
     bridges: &[String],
 ) -> Result<PathBuf> {
-    let dir = hooks_dir.join("qemu.d");
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("mat");
+    let path = hook_path(hooks_dir);
+    let dir = path.parent().expect("the hook is in qemu.d");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if let Ok(old) = fs::read_to_string(&path) {
         if !old.contains(MARKER) {
             bail!(

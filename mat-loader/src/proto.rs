@@ -19,6 +19,7 @@
 //! {"op":"plan"}
 //! {"op":"routes"}
 //! {"op":"release_port","port":"tap0"}          (take MAT's programs off an unbound port)
+//! {"op":"doctor"}                               (the daemon's checks for `mat doctor`)
 //! ```
 //!
 //! `attach` also takes `"force": true` for a port that is not a tap or a veth (see
@@ -34,6 +35,7 @@
 //!   [`Request::AttachVm`]).
 //! - list: `{"bindings": [BindingView...]}`.
 //! - release_port: `{"port": NAME}`.
+//! - doctor: [`DoctorView`](crate::doctor::DoctorView): the pin directory and the findings.
 //! - stats: [`StatsView`](crate::views::StatsView); plan: [`PlanView`](crate::views::PlanView); routes: `{"routes": [Route...]}`.
 //!
 //! The result types are in [`crate::views`].
@@ -111,6 +113,7 @@ pub enum Request {
     ReleasePort {
         port: String,
     },
+    Doctor {},
 }
 
 /// One port of an [`Request::AttachVm`].

@@ -18,6 +18,16 @@ use crate::{
     Mode, Program,
 };
 
+/// How the binding maps differ from the state (see [`Host::map_diff`]).
+#[derive(Debug, Default)]
+pub(super) struct MapDiff {
+    /// Entries no binding of the state has: (port's ifindex, inside MAC, outside MAC).
+    pub extra: Vec<(u32, Mac, Mac)>,
+    /// Bindings of the state (their index) whose entries are missing or wrong, and whether an
+    /// entry for the port and inside MAC is there (with other values: wrong).
+    pub missing: Vec<(usize, bool)>,
+}
+
 impl Host {
     /// Brings everything in line with the state on disk: ports that went away while no daemon ran
     /// are released, programs attached where needed and removed where not, and the maps
@@ -102,9 +112,11 @@ impl Host {
         Ok(())
     }
 
-    /// Corrects the binding maps to the state (outside MAC and port security): each binding in
-    /// its port's slot, or in uplink mode in the MAC-keyed maps; entries of the other mode go.
-    fn fix_maps(&mut self) -> Result<()> {
+    /// How the binding maps differ from the state (outside MAC and port security; each binding
+    /// in its port's slot, or in uplink mode in the MAC-keyed maps, so that entries of the other
+    /// mode are extra): the one rule for "the maps equal the store", which reconcile corrects
+    /// and `mat doctor` reports.
+    pub(super) fn map_diff(&self) -> Result<MapDiff> {
         let from: HashMap<(u32, Mac), (Mac, bool)> = self
             .state
             .bindings
@@ -123,22 +135,21 @@ impl Host {
             .map(|b| ((self.dp_ifindex(b.ifindex), b.outside), b.inside))
             .collect();
         // An entry of a binding the state has (port and inside MAC) but with another outside MAC
-        // or flags is not removed: the bind below overwrites it in place, so that the port
+        // or flags is not extra: binding it again overwrites it in place, so that the port
         // never goes untranslated in between (a removal first would let the VM's frames out
         // with its inside MAC, and drop those to it, until the bind).
-        let mut removed = 0;
+        let mut diff = MapDiff::default();
+        let mut present = HashSet::new();
         let mut have_from = HashMap::new();
         for (k, v) in self.dp.bindings()? {
+            present.insert((k.ifindex, Mac(k.mac)));
             let secured = v.flags & BINDING_PORT_SECURITY != 0;
             match from.get(&(k.ifindex, Mac(k.mac))) {
                 Some(&want) if want == (Mac(v.mac), secured) => {
                     have_from.insert(k, Mac(v.mac));
                 }
                 Some(_) => {}
-                None => {
-                    self.dp.unbind(k.ifindex, k.mac, v.mac)?;
-                    removed += 1;
-                }
+                None => diff.extra.push((k.ifindex, Mac(k.mac), Mac(v.mac))),
             }
         }
         let mut have_to = HashMap::new();
@@ -147,28 +158,45 @@ impl Host {
                 have_to.insert(k, Mac(v.mac));
             } else {
                 if !from.contains_key(&(k.ifindex, Mac(v.mac))) {
-                    self.dp.unbind(k.ifindex, v.mac, k.mac)?;
-                    removed += 1;
+                    diff.extra.push((k.ifindex, Mac(v.mac), Mac(k.mac)));
                 }
                 have_from.remove(&BindingKey::new(k.ifindex, v.mac));
             }
         }
-        let mut added = 0;
-        for b in &self.state.bindings {
+        // A port-table slot is read both ways: once is enough.
+        diff.extra.sort_unstable();
+        diff.extra.dedup();
+        for (i, b) in self.state.bindings.iter().enumerate() {
             let at = self.dp_ifindex(b.ifindex);
             let ok_from = have_from.get(&BindingKey::new(at, b.inside.0)) == Some(&b.outside);
             let ok_to = have_to.get(&BindingKey::new(at, b.outside.0)) == Some(&b.inside);
             if !(ok_from && ok_to) {
-                self.dp
-                    .bind(at, b.inside.0, b.outside.0, flags(b, BINDING_ANNOUNCE))?;
-                added += 1;
+                diff.missing.push((i, present.contains(&(at, b.inside))));
             }
+        }
+        Ok(diff)
+    }
+
+    /// Corrects the binding maps to the state, entry by entry.
+    fn fix_maps(&mut self) -> Result<()> {
+        let diff = self.map_diff()?;
+        for &(ifindex, inside, outside) in &diff.extra {
+            self.dp.unbind(ifindex, inside.0, outside.0)?;
+        }
+        for &(i, _) in &diff.missing {
+            let b = &self.state.bindings[i];
+            self.dp.bind(
+                self.dp_ifindex(b.ifindex),
+                b.inside.0,
+                b.outside.0,
+                flags(b, BINDING_ANNOUNCE),
+            )?;
         }
         info!(
             bindings = self.state.bindings.len(),
             ports = self.state.ports.len(),
-            removed,
-            added,
+            removed = diff.extra.len(),
+            added = diff.missing.len(),
             "maps reconciled with the state"
         );
         Ok(())

@@ -12,6 +12,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+mod doctor;
 mod events;
 mod lifecycle;
 mod report;

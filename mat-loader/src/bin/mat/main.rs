@@ -84,6 +84,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the host's set-up: kernel, daemon, configuration, pins, programs, maps, pool and
+    /// libvirt's hook; one line per finding with what to do (exit 1 on an error).
+    Doctor(mat_loader::doctor::DoctorArgs),
     /// Ports that carry MAT's programs.
     #[command(subcommand)]
     Port(PortCommand),
@@ -214,6 +217,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Doctor(args) => mat_loader::doctor::run(&args, &client_socket(), timeout),
         Command::LibvirtHook(args) => libvirt::hook(&client_socket(), &args),
         Command::Install(what) => libvirt::install(what, &client_socket()),
         Command::Generate(what) => what.run(Cli::command()),

@@ -99,6 +99,11 @@ pub struct DaemonArgs {
     /// Log format on stderr.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Bind interfaces hotplugged into running domains, from libvirtd's events at this URI
+    /// (e.g. qemu:///system; `off`: do not connect). The daemon runs without libvirtd: it
+    /// retries, and resyncs when it reconnects.
+    #[arg(long, value_name = "URI")]
+    libvirt: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -142,6 +147,7 @@ struct File {
     port_security: Option<Switch>,
     dhcp_chaddr: Option<DhcpChaddr>,
     log_format: Option<LogFormat>,
+    libvirt: Option<String>,
 }
 
 fn read_file(explicit: Option<&Path>) -> Result<File> {
@@ -249,6 +255,7 @@ fn resolve(args: DaemonArgs, socket: Option<PathBuf>) -> Result<Resolved> {
             vm_ports,
             port_security: args.port_security.or(file.port_security) != Some(Switch::Off),
             dhcp_translate: args.dhcp_chaddr.or(file.dhcp_chaddr) == Some(DhcpChaddr::Translate),
+            libvirt: args.libvirt.or(file.libvirt).filter(|u| u != "off"),
         },
         log_format: args
             .log_format

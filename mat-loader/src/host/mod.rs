@@ -13,6 +13,7 @@ use std::{
 };
 
 mod events;
+mod hotplug;
 mod lifecycle;
 mod report;
 

@@ -132,6 +132,12 @@ impl Daemon {
         }
     }
 
+    /// More arguments for the next starts (e.g. a URI known only once the daemon's socket is).
+    pub fn push_args(&mut self, args: &[&str]) {
+        self.args
+            .extend(args.iter().map(std::string::ToString::to_string));
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("mat.sock")
     }

@@ -469,6 +469,10 @@ pub fn domain_xml(
       <target port='0'/>
     </serial>
     <memballoon model='none'/>
+    <!-- Free PCIe slots for `virsh attach-interface` (q35 has no hotplug slot otherwise). -->
+    <controller type='pci' model='pcie-root-port'/>
+    <controller type='pci' model='pcie-root-port'/>
+    <controller type='pci' model='pcie-root-port'/>
   </devices>
 </domain>
 ",

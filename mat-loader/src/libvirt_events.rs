@@ -74,7 +74,7 @@ pub fn watch(uri: String, bridges: Vec<String>) -> UnboundedReceiver<Notice> {
 /// What libvirt's callbacks report, to the connection thread.
 enum Raw {
     Added { vm: String, alias: String },
-    Removed { vm: String },
+    Removed { vm: String, alias: String },
     Closed,
 }
 
@@ -118,6 +118,8 @@ fn run(uri: &str, bridges: &[String], out: &UnboundedSender<Notice>) {
 /// libvirt's default event loop, run by a thread of its own (needed for the domain events and
 /// the keepalive).
 fn event_loop() -> Result<()> {
+    // libvirt's default handler prints every error on stderr; they are logged here instead.
+    virt::error::clear_error_callback();
     virt::event::event_register_default_impl().context("virEventRegisterDefaultImpl")?;
     thread::Builder::new()
         .name("mat-libvirt-loop".into())
@@ -254,11 +256,12 @@ unsafe extern "C" fn device_added(
 unsafe extern "C" fn device_removed(
     _: sys::virConnectPtr,
     dom: sys::virDomainPtr,
-    _alias: *const c_char,
+    alias: *const c_char,
     opaque: *mut c_void,
 ) {
-    if let Some(vm) = uuid(dom) {
-        let _ = sender(opaque).send(Raw::Removed { vm });
+    if let (Some(vm), false) = (uuid(dom), alias.is_null()) {
+        let alias = CStr::from_ptr(alias).to_string_lossy().into_owned();
+        let _ = sender(opaque).send(Raw::Removed { vm, alias });
     }
 }
 
@@ -286,7 +289,11 @@ fn follow(
         };
         let (vm, alias) = match raw {
             Raw::Added { vm, alias } => (vm, Some(alias)),
-            Raw::Removed { vm } => (vm, None),
+            Raw::Removed { vm, alias } => {
+                // Any device: an unplugged interface is no longer in the XML to name it.
+                debug!(vm, alias, "libvirt: device removed");
+                (vm, None)
+            }
             Raw::Closed => return,
         };
         match live_domain(conn, &vm) {

@@ -470,9 +470,9 @@ pub fn domain_xml(
     </serial>
     <memballoon model='none'/>
     <!-- Free PCIe slots for `virsh attach-interface` (q35 has no hotplug slot otherwise). -->
-    <controller type='pci' model='pcie-root-port'/>
-    <controller type='pci' model='pcie-root-port'/>
-    <controller type='pci' model='pcie-root-port'/>
+    <controller type='pci' index='1' model='pcie-root-port'/>
+    <controller type='pci' index='2' model='pcie-root-port'/>
+    <controller type='pci' index='3' model='pcie-root-port'/>
   </devices>
 </domain>
 ",

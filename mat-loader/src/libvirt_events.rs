@@ -137,20 +137,19 @@ fn event_loop() -> Result<()> {
 fn session(uri: &str, bridges: &[String], out: &UnboundedSender<Notice>) -> Result<()> {
     let mut conn = Connect::open(Some(uri)).with_context(|| format!("connecting to {uri}"))?;
     let (tx, rx) = mpsc::channel();
-    let subscribed = subscribe(&conn, &tx);
-    let result = subscribed
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e:#}"))
-        .map(|_| {
-            info!(uri, "libvirt: connected; following interface hotplug");
-            resync(&conn, bridges, out);
-            follow(&conn, &rx, bridges, out);
-        });
-    if let Ok(ids) = subscribed {
-        unsubscribe(&conn, &ids);
-    }
+    let ids = match subscribe(&conn, &tx) {
+        Ok(ids) => ids,
+        Err(e) => {
+            let _ = conn.close();
+            return Err(e);
+        }
+    };
+    info!(uri, "libvirt: connected; following interface hotplug");
+    resync(&conn, bridges, out);
+    follow(&conn, &rx, bridges, out);
+    unsubscribe(&conn, &ids);
     let _ = conn.close();
-    result
+    Ok(())
 }
 
 /// The callback ids of one connection's subscriptions.

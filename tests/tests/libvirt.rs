@@ -1,6 +1,8 @@
 //! MAT under a real libvirtd with real QEMU guests (TCG): the hook binds a starting guest's tap,
-//! a peer beyond the uplink sees only the outside MAC, a libvirtd restart resyncs without
-//! changing anything, stopping releases; and a live migration between two libvirtd instances
+//! a peer beyond the uplink sees only the outside MAC; the daemon binds a hotplugged NIC from
+//! libvirt's device event (the peer sees only its outside MAC) and releases it when unplugged, a
+//! libvirtd restart resyncs without changing anything while the daemon reconnects, a NIC
+//! hotplugged while the daemon is down is bound by its resync, stopping releases; and a live migration between two libvirtd instances
 //! (two hypervisors, each with its own bridge, uplink and `mat daemon`) keeps a ping stream
 //! going, moves the peer's neighbour entries (IPv4 and IPv6) to the new outside MAC and holds the
 //! old one down. The guest runs IPv6 (link-local and a static 2001:db8::/64 address) as real
@@ -403,6 +405,40 @@ fn start_reconnect_and_stop_under_libvirt() {
     // Events keep coming on the new connection: another NIC is bound.
     let mac3 = guest_mac();
     let (_, outside3) = hotplug(&lab, &dom, &uuid, &mac3, 2);
+    // A NIC hotplugged while the daemon is down: bound by its resync when it connects.
+    assert!(lab.hosts[0].daemon.terminate().success());
+    let mac4 = guest_mac();
+    lab.hosts[0].libvirtd.virsh_ok(&[
+        "attach-interface",
+        &dom,
+        "bridge",
+        &bridge,
+        "--mac",
+        &mac4,
+        "--model",
+        "virtio",
+    ]);
+    lab.hosts[0].daemon.spawn();
+    lab.hosts[0].daemon.wait_ready();
+    let (lv, d) = (&lab.hosts[0].libvirtd, &lab.hosts[0].daemon);
+    let tap4 = lv
+        .taps(&dom)
+        .into_iter()
+        .find(|t| t.1 == mac4)
+        .expect("the new NIC's tap")
+        .0;
+    wait_until(Duration::from_secs(10), "the resync binding", || {
+        bindings(d).iter().any(|b| b.1 == tap4)
+    });
+    let outside4 = bindings(d)
+        .into_iter()
+        .find(|b| b.1 == tap4)
+        .map(|b| b.3)
+        .expect("bound");
+    assert!(
+        ![&outside, &outside2, &outside3].contains(&&outside4),
+        "{outside4}"
+    );
 
     // Save: released into hold-down. Restore: new taps, the same outside MACs back.
     let saved = lab.dir.join("guest.save");
@@ -417,7 +453,7 @@ fn start_reconnect_and_stop_under_libvirt() {
     let mut want: Vec<_> = lv
         .taps(&dom)
         .into_iter()
-        .zip([outside.clone(), outside3])
+        .zip([outside.clone(), outside3, outside4])
         .map(|((tap, inside), outside)| (uuid.clone(), tap, inside, outside))
         .collect();
     want.sort();

@@ -112,6 +112,11 @@ pub struct DaemonArgs {
     /// Log format on stderr.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Bind interfaces hotplugged into running domains, from libvirtd's events at this URI
+    /// (e.g. qemu:///system; `off`: do not connect). The daemon runs without libvirtd: it
+    /// retries, and resyncs when it reconnects.
+    #[arg(long, value_name = "URI")]
+    libvirt: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -158,6 +163,7 @@ struct File {
     uplink_xdp: Option<XdpMode>,
     watch: Option<Vec<String>>,
     log_format: Option<LogFormat>,
+    libvirt: Option<String>,
 }
 
 fn read_file(explicit: Option<&Path>) -> Result<File> {
@@ -276,6 +282,7 @@ fn resolve(args: DaemonArgs, socket: Option<PathBuf>) -> Result<Resolved> {
             dhcp_translate: args.dhcp_chaddr.or(file.dhcp_chaddr) == Some(DhcpChaddr::Translate),
             uplink,
             watch,
+            libvirt: args.libvirt.or(file.libvirt).filter(|u| u != "off"),
         },
         log_format: args
             .log_format

@@ -1,6 +1,6 @@
 //! The package's conffile (`debian/mat.toml`, installed as /etc/mat/mat.toml) against the keys
 //! this module reads: every key is there, commented, at its default; as shipped it configures
-//! nothing, so the daemon says what is missing.
+//! nothing but libvirtd's URI, so the daemon says what is missing.
 
 use std::path::{Path, PathBuf};
 
@@ -12,12 +12,12 @@ fn conffile() -> String {
     std::fs::read_to_string(CONFFILE).expect("reading debian/mat.toml")
 }
 
-/// The conffile with every `# key = value` line uncommented.
+/// The conffile with every `# key = value` line uncommented (and the keys it sets).
 fn uncommented() -> String {
     conffile()
         .lines()
         .filter_map(|l| {
-            let l = l.strip_prefix("# ")?;
+            let l = l.strip_prefix("# ").unwrap_or(l);
             let (key, _) = l.split_once(" = ")?;
             key.chars()
                 .all(|c| c.is_ascii_lowercase() || c == '_')
@@ -33,9 +33,13 @@ fn scratch(name: &str, text: &str) -> PathBuf {
 }
 
 #[test]
-fn as_shipped_it_sets_nothing() {
+fn as_shipped_it_sets_only_libvirt() {
     let file: File = toml::from_str(&conffile()).expect("the conffile parses");
-    assert_eq!(format!("{file:?}"), format!("{:?}", File::default()));
+    let only_libvirt = File {
+        libvirt: Some("qemu:///system".into()),
+        ..File::default()
+    };
+    assert_eq!(format!("{file:?}"), format!("{only_libvirt:?}"));
 }
 
 #[test]
@@ -63,6 +67,7 @@ fn every_key_is_listed_at_its_default() {
         uplink_xdp,
         watch,
         log_format,
+        libvirt,
     } = file;
     // The plan has no default: an example.
     assert!(pool.is_some() && rack.is_some() && host.is_some());
@@ -79,6 +84,7 @@ fn every_key_is_listed_at_its_default() {
     assert!(uplink.is_some(), "an example uplink");
     assert_eq!(uplink_xdp, Some(XdpMode::Native));
     assert_eq!(watch, Some(vec![]));
+    assert_eq!(libvirt.as_deref(), Some("qemu:///system"));
     assert_eq!(socket.as_deref(), Some(Path::new(crate::paths::SOCKET)));
     assert_eq!(
         state_dir.as_deref(),

@@ -73,6 +73,8 @@ pub struct Options {
     /// Interfaces to watch for duplicate outside MACs (empty: the uplink, or the managed
     /// bridges' network-side ports).
     pub watch: Vec<String>,
+    /// libvirtd's URI, to bind hotplugged interfaces from its events (`None`: off).
+    pub libvirt: Option<String>,
 }
 
 struct Ctx {
@@ -209,6 +211,9 @@ pub async fn run(opts: Options) -> Result<()> {
     tokio::spawn(watch_events(ring, ctx.clone()));
     tokio::spawn(watch_links(link_events, ctx.clone()));
     tokio::spawn(resync(ctx.clone()));
+    if let Some(uri) = &opts.libvirt {
+        follow_libvirt(&ctx, uri, &opts.bridges);
+    }
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut accept_errors = RateLimited::new(Duration::from_secs(10));
     let mut term = signal(SignalKind::terminate())?;
@@ -626,6 +631,35 @@ async fn watch_links(events: impl Stream<Item = LinkEvent>, ctx: Arc<Ctx>) {
         }
     }
     warn!("link events ended; relying on the periodic check");
+}
+
+/// Binds hotplugged interfaces and releases unplugged ones, from libvirt's device events.
+#[cfg(feature = "libvirt-events")]
+fn follow_libvirt(ctx: &Arc<Ctx>, uri: &str, bridges: &[String]) {
+    use crate::libvirt_events::{watch, Notice};
+    let mut notices = watch(uri.to_owned(), bridges.to_vec());
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        while let Some(notice) = notices.recv().await {
+            let result = match notice {
+                Notice::Bind(req) => handle(req, &ctx).await.map(drop),
+                Notice::Present { vm, macs } => {
+                    with_host(&ctx, move |h| h.release_absent(&vm, &macs).map(drop)).await
+                }
+            };
+            if let Err(e) = result {
+                warn!(error = %e, "libvirt: binding or releasing an interface");
+            }
+        }
+    });
+}
+
+#[cfg(not(feature = "libvirt-events"))]
+fn follow_libvirt(_: &Arc<Ctx>, uri: &str, _: &[String]) {
+    warn!(
+        uri,
+        "this mat is built without the libvirt-events feature: interface hotplug is not followed"
+    );
 }
 
 async fn resync(ctx: Arc<Ctx>) {

@@ -25,6 +25,8 @@ pub mod duplicates;
 pub mod generate;
 pub mod host;
 pub mod libvirt;
+#[cfg(feature = "libvirt-events")]
+pub mod libvirt_events;
 pub mod libvirt_xml;
 pub mod mac;
 pub mod paths;

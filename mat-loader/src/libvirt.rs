@@ -23,10 +23,10 @@
 //! gives up after [`TIMEOUT`], never calls back into libvirt (libvirtd waits for the hook: that
 //! would deadlock) and starts no child process.
 //!
-//! Interfaces hotplugged into a running domain are not translated: libvirt fires no hook for
-//! them, so there is no domain UUID to key them by, and the new tap's own MAC (the guest's with
-//! its first octet replaced by fe) does not tell the guest MAC. `mat attach TAP --mac GUEST-MAC
-//! --vm UUID` binds one by hand, and the next `reconnect` or migration keeps it (same VM and MAC).
+//! Interfaces hotplugged into a running domain fire no hook: the daemon binds them from
+//! libvirt's device events (`mat daemon --libvirt URI`, see [`crate::libvirt_events`]), by the
+//! same rule ([`attach_request`]). Without it, `mat attach TAP --mac GUEST-MAC --vm UUID` binds
+//! one by hand, and the next `reconnect` or migration keeps it (same VM and MAC).
 
 use std::{
     fs,
@@ -164,7 +164,7 @@ pub fn hook(socket: &Path, args: &HookArgs) -> ExitCode {
 
 /// The `attach_vm` request for a domain: every translated interface (in `bridges`, when given)
 /// with its tap. `None` when there is nothing to translate.
-fn attach_request(dom: &Domain, bridges: &[String]) -> Result<Option<Request>> {
+pub(crate) fn attach_request(dom: &Domain, bridges: &[String]) -> Result<Option<Request>> {
     let mut ports = Vec::new();
     for i in dom.interfaces.iter().filter(|i| i.translated()) {
         if !bridges.is_empty() && !i.bridge.as_ref().is_some_and(|b| bridges.contains(b)) {

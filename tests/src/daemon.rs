@@ -43,17 +43,19 @@ pub fn mat_binary() -> &'static Path {
         if let Some(p) = std::env::var_os("MAT_BIN") {
             return PathBuf::from(p);
         }
-        cargo_binary("mat-loader", "mat")
+        // With libvirt's interface hotplug, as the package builds it.
+        cargo_binary("mat-loader", "mat", &["libvirt-events"])
     })
 }
 
-/// Builds `bin` of the workspace's `package` with the cargo running the tests, and returns its
-/// path.
-pub fn cargo_binary(package: &str, bin: &str) -> PathBuf {
+/// Builds `bin` of the workspace's `package` (with these cargo features) with the cargo running
+/// the tests, and returns its path.
+pub fn cargo_binary(package: &str, bin: &str, features: &[&str]) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let out = Command::new(&cargo)
         .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .args(["--features", &features.join(",")])
         .args(["--message-format", "json"])
         .arg("--manifest-path")
         .arg(&manifest)
@@ -146,6 +148,12 @@ impl Daemon {
     /// configuration.
     pub fn set_args(&mut self, args: &[&str]) {
         self.args = args.iter().map(std::string::ToString::to_string).collect();
+    }
+
+    /// More arguments for the next starts (e.g. a URI known only once the daemon's socket is).
+    pub fn push_args(&mut self, args: &[&str]) {
+        self.args
+            .extend(args.iter().map(std::string::ToString::to_string));
     }
 
     pub fn socket(&self) -> PathBuf {

@@ -6,7 +6,9 @@
 //! The guest loads the virtio-net modules, sets the static addresses given on the kernel command
 //! line (`mat.ip=ADDR/LEN`, and `mat.ip6=ADDR/LEN` for IPv6) on eth0 and prints [`READY`] on the
 //! serial console (ttyS0). IPv6 stays on, as in every real guest: eth0 gets its link-local address
-//! and runs duplicate address detection, MLD and router solicitation when it comes up.
+//! and runs duplicate address detection, MLD and router solicitation when it comes up. A NIC
+//! hotplugged later is brought up within a second (IPv6 link-local only), as a distribution's
+//! hotplug handling would.
 
 use std::{
     fs,
@@ -58,7 +60,10 @@ ip link set eth0 up
 [ -n "$addr" ] && ip addr add "$addr" dev eth0
 [ -n "$addr6" ] && ip -6 addr add "$addr6" dev eth0
 echo "MAT-GUEST-READY addr=$addr addr6=$addr6 mac=$(cat /sys/class/net/eth0/address)"
-while true; do sleep 3600; done
+while true; do
+    for n in /sys/class/net/eth*; do [ -e "$n" ] && ip link set "${n##*/}" up; done
+    sleep 1
+done
 "#;
 
 /// The kernel and initramfs of the test guest.

@@ -469,6 +469,13 @@ pub fn domain_xml(
       <target port='0'/>
     </serial>
     <memballoon model='none'/>
+    <!-- Free PCIe slots for `virsh attach-interface` (q35 has no hotplug slot otherwise). -->
+    <controller type='pci' index='1' model='pcie-root-port'/>
+    <controller type='pci' index='2' model='pcie-root-port'/>
+    <controller type='pci' index='3' model='pcie-root-port'/>
+    <controller type='pci' index='4' model='pcie-root-port'/>
+    <controller type='pci' index='5' model='pcie-root-port'/>
+    <controller type='pci' index='6' model='pcie-root-port'/>
   </devices>
 </domain>
 ",

@@ -77,6 +77,6 @@ pub fn switch_binary() -> &'static Path {
         if let Some(p) = std::env::var_os("MAT_SWITCH_BIN") {
             return PathBuf::from(p);
         }
-        crate::daemon::cargo_binary("mat-switch", "mat-switch")
+        crate::daemon::cargo_binary("mat-switch", "mat-switch", &[])
     })
 }

@@ -1,6 +1,8 @@
 //! MAT under a real libvirtd with real QEMU guests (TCG): the hook binds a starting guest's tap,
-//! a peer beyond the uplink sees only the outside MAC, a libvirtd restart resyncs without
-//! changing anything, stopping releases; and a live migration between two libvirtd instances
+//! a peer beyond the uplink sees only the outside MAC; the daemon binds a hotplugged NIC from
+//! libvirt's device event (the peer sees only its outside MAC) and releases it when unplugged, a
+//! libvirtd restart resyncs without changing anything while the daemon reconnects, a NIC
+//! hotplugged while the daemon is down is bound by its resync, stopping releases; and a live migration between two libvirtd instances
 //! (two hypervisors, each with its own bridge, uplink and `mat daemon`) keeps a ping stream
 //! going, moves the peer's neighbour entries (IPv4 and IPv6) to the new outside MAC and holds the
 //! old one down. The guest runs IPv6 (link-local and a static 2001:db8::/64 address) as real
@@ -35,7 +37,7 @@ use mat_tests::{
     libvirt::{domain_xml, wait_for_line, Libvirtd, Nic, PingStream},
     netns::{run, Netns},
     pins::unique,
-    topology::{fmt_mac, neighbour, neighbour6, parse_mac, ping},
+    topology::{eui64_link_local, fmt_mac, neighbour, neighbour6, parse_mac, ping, ping_scoped},
 };
 use serde_json::Value;
 
@@ -67,7 +69,9 @@ struct Lab {
 }
 
 impl Lab {
-    fn new(hosts: usize) -> Lab {
+    /// `hosts` hypervisors; with `hotplug`, each daemon follows its libvirtd's device events
+    /// (`--libvirt`).
+    fn new(hosts: usize, hotplug: bool) -> Lab {
         let image = guest::image();
         let dir = std::env::temp_dir().join(unique("mat-lvlab-"));
         std::fs::create_dir_all(&dir).expect("creating the lab directory");
@@ -103,7 +107,8 @@ impl Lab {
             lab.hv.ip(&["link", "set", &up, "master", &bridge, "up"]);
             lab.peer.ip(&["link", "set", &p, "master", "sw", "up"]);
             let host = (i + 1).to_string();
-            let daemon = Daemon::start(&lab.hv, &["--pool", POOL, "--rack", "1", "--host", &host]);
+            let mut daemon =
+                Daemon::prepare(&lab.hv, &["--pool", POOL, "--rack", "1", "--host", &host]);
             let socket = daemon.socket();
             let host_uuid = format!(
                 "6d617400-{:04x}-4000-8000-{:012x}",
@@ -118,6 +123,13 @@ impl Lab {
                     .arg(hooks));
             });
             libvirtd.bridged_network("matnet", &bridge);
+            // The daemon starts after libvirtd here only because the URI names the instance's
+            // socket; the hook first runs when a domain starts.
+            if hotplug {
+                daemon.push_args(&["--libvirt", &libvirtd.uri()]);
+            }
+            daemon.spawn();
+            daemon.wait_ready();
             lab.hosts.push(Host {
                 libvirtd,
                 daemon,
@@ -220,6 +232,69 @@ fn held(d: &Daemon) -> Vec<String> {
         .collect()
 }
 
+/// Hotplugs a NIC with guest MAC `mac` into the running `dom` (`virsh attach-interface`) and
+/// waits until the daemon has bound it from libvirt's event (its `nth` hotplug); returns its tap
+/// and outside MAC.
+fn hotplug(lab: &Lab, dom: &str, uuid: &str, mac: &str, nth: usize) -> (String, String) {
+    let (lv, d, bridge) = (
+        &lab.hosts[0].libvirtd,
+        &lab.hosts[0].daemon,
+        &lab.hosts[0].bridge,
+    );
+    let t = Instant::now();
+    lv.virsh_ok(&[
+        "attach-interface",
+        dom,
+        "bridge",
+        bridge,
+        "--mac",
+        mac,
+        "--model",
+        "virtio",
+    ]);
+    let tap = lv
+        .taps(dom)
+        .into_iter()
+        .find(|t| t.1 == mac)
+        .expect("the new NIC's tap")
+        .0;
+    wait_until(Duration::from_secs(10), "the hotplugged NIC bound", || {
+        bindings(d).iter().any(|b| b.1 == tap)
+    });
+    eprintln!("libvirt: hotplugged NIC bound after {:?}", t.elapsed());
+    wait_log(d, "libvirt: interface hotplugged", nth);
+    let b = bindings(d).into_iter().find(|b| b.1 == tap).expect("bound");
+    assert_eq!((b.0.as_str(), b.2.as_str()), (uuid, mac));
+    assert!(b.3.starts_with("02:00:5e:01:01:"), "{}", b.3);
+    assert!(
+        bindings(d).iter().filter(|o| o.3 == b.3).count() == 1,
+        "a new outside MAC"
+    );
+    (tap, b.3)
+}
+
+fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (a minute at most: the daemon reconnects with backoff) until the daemon's log has
+/// `needle` `count` times.
+fn wait_log(d: &Daemon, needle: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while d.log().matches(needle).count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "no {count} x {needle:?} in the daemon log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Asserts that no frame seen by the peer carries the guest's inside MAC anywhere.
 fn assert_only_outside(frames: &[Vec<u8>], inside: &str, outside: &str) -> usize {
     let inside = parse_mac(inside).expect("a MAC");
@@ -242,7 +317,7 @@ fn start_reconnect_and_stop_under_libvirt() {
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut lab = Lab::new(1);
+    let mut lab = Lab::new(1, true);
     let dom = unique("matvm");
     let mac = guest_mac();
     let bridge = lab.hosts[0].bridge.clone();
@@ -279,7 +354,30 @@ fn start_reconnect_and_stop_under_libvirt() {
         Some(outside.clone())
     );
 
-    // libvirtd restarts while the guest runs: `reconnect` resyncs and changes nothing.
+    // Hotplug: libvirt fires no hook, the daemon binds the new NIC from libvirt's event, keyed
+    // by the domain UUID; the peer sees only its outside MAC (the guest brings it up, IPv6
+    // link-local only).
+    wait_log(d, "libvirt: connected", 1);
+    let mac2 = guest_mac();
+    let (tap2, outside2) = hotplug(&lab, &dom, &uuid, &mac2, 1);
+    let ll2 = eui64_link_local(&parse_mac(&mac2).expect("a MAC"));
+    let capture = Capture::in_netns(&lab.peer, "p0");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = ping_scoped(&lab.peer, ll2, "sw", 2) {
+        assert!(Instant::now() < deadline, "hotplugged NIC unreachable: {e}");
+    }
+    ping_scoped(&lab.peer, ll2, "sw", 3).expect("ping the hotplugged NIC through MAT");
+    let report = capture.stop();
+    let frames: Vec<Vec<u8>> = report.frames.iter().map(|f| f.data.clone()).collect();
+    let seen = assert_only_outside(&frames, &mac2, &outside2);
+    assert!(
+        seen >= 3,
+        "only {seen} frames with the new NIC's outside MAC"
+    );
+    assert_only_outside(&frames, &mac, &outside);
+
+    // libvirtd restarts while the guest runs: `reconnect` resyncs and changes nothing; the
+    // daemon's libvirt connection is lost, then retried and resynced.
     let before = bindings(d);
     let t = Instant::now();
     lab.hosts[0].libvirtd.restart();
@@ -292,20 +390,74 @@ fn start_reconnect_and_stop_under_libvirt() {
     );
     assert_eq!(bindings(d), before, "reconnect changed a binding");
     ping(&lab.peer, GUEST_IP, 3).expect("ping after the libvirtd restart");
+    ping_scoped(&lab.peer, ll2, "sw", 3).expect("the hotplugged NIC after the restart");
+    wait_log(d, "libvirt: connected", 2);
+    assert_eq!(bindings(d), before, "the daemon's resync changed a binding");
 
-    // Save: released into hold-down. Restore: a new tap, the same outside MAC back.
+    // Unplugged: released into hold-down.
+    lv.virsh_ok(&["detach-interface", &dom, "bridge", "--mac", &mac2]);
+    wait_until(
+        Duration::from_secs(30),
+        "the unplugged NIC released",
+        || !bindings(d).iter().any(|b| b.1 == tap2),
+    );
+    assert!(held(d).contains(&outside2), "{:?}", held(d));
+    // Events keep coming on the new connection: another NIC is bound.
+    let mac3 = guest_mac();
+    let (_, outside3) = hotplug(&lab, &dom, &uuid, &mac3, 2);
+    // A NIC hotplugged while the daemon is down: bound by its resync when it connects.
+    assert!(lab.hosts[0].daemon.terminate().success());
+    let mac4 = guest_mac();
+    lab.hosts[0].libvirtd.virsh_ok(&[
+        "attach-interface",
+        &dom,
+        "bridge",
+        &bridge,
+        "--mac",
+        &mac4,
+        "--model",
+        "virtio",
+    ]);
+    lab.hosts[0].daemon.spawn();
+    lab.hosts[0].daemon.wait_ready();
+    let (lv, d) = (&lab.hosts[0].libvirtd, &lab.hosts[0].daemon);
+    let tap4 = lv
+        .taps(&dom)
+        .into_iter()
+        .find(|t| t.1 == mac4)
+        .expect("the new NIC's tap")
+        .0;
+    wait_until(Duration::from_secs(10), "the resync binding", || {
+        bindings(d).iter().any(|b| b.1 == tap4)
+    });
+    let outside4 = bindings(d)
+        .into_iter()
+        .find(|b| b.1 == tap4)
+        .map(|b| b.3)
+        .expect("bound");
+    assert!(
+        ![&outside, &outside2, &outside3].contains(&&outside4),
+        "{outside4}"
+    );
+
+    // Save: released into hold-down. Restore: new taps, the same outside MACs back.
     let saved = lab.dir.join("guest.save");
     lv.virsh_ok(&["save", &dom, &saved.to_string_lossy()]);
     assert!(bindings(d).is_empty(), "{:?}", bindings(d));
     assert!(held(d).contains(&outside), "{:?}", held(d));
     lv.virsh_ok(&["restore", &saved.to_string_lossy()]);
-    let restored = bindings(d);
-    assert_eq!(restored.len(), 1, "{restored:?}");
-    assert_eq!(restored[0].1, lv.taps(&dom)[0].0);
-    assert_eq!(
-        (restored[0].0.as_str(), restored[0].3.as_str()),
-        (uuid.as_str(), outside.as_str())
-    );
+    let restored: Vec<_> = bindings(d)
+        .into_iter()
+        .map(|(vm, port, inside, outside, _)| (vm, port, inside, outside))
+        .collect();
+    let mut want: Vec<_> = lv
+        .taps(&dom)
+        .into_iter()
+        .zip([outside.clone(), outside3, outside4])
+        .map(|((tap, inside), outside)| (uuid.clone(), tap, inside, outside))
+        .collect();
+    want.sort();
+    assert_eq!(restored, want);
     ping(&lab.peer, GUEST_IP, 3).expect("ping after restore");
 
     // Stop: released into hold-down.
@@ -411,7 +563,7 @@ fn live_migration_between_two_libvirtd() {
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut lab = Lab::new(2);
+    let mut lab = Lab::new(2, false);
     let a = &lab.hosts[0];
     let dom = unique("matvm");
     let mac = guest_mac();

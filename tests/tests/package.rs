@@ -584,6 +584,12 @@ fn packaged_daemon_syscalls_pass_the_unit_filter() {
     let dir = TempDir::new("mat-pkg-");
     let trace = dir.path().join("trace");
     let wrapper = ["strace", "-f", "-qq", "-o", trace.to_str().unwrap(), "--"];
+    // libvirt's client library too (its event loop, a failed connection and the retry): at a
+    // socket that does not exist, so that no libvirtd of the machine is ever reached.
+    let libvirt = format!(
+        "qemu:///system?socket={}",
+        dir.path().join("no-libvirtd").display()
+    );
     let mut d = Daemon::start_wrapped(
         &lab.hv,
         &wrapper,
@@ -594,6 +600,8 @@ fn packaged_daemon_syscalls_pass_the_unit_filter() {
             "1",
             "--host",
             "3",
+            "--libvirt",
+            &libvirt,
         ],
     );
     // The daemon is strace's child: killed by pid on the way out, also when the test fails

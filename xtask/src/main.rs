@@ -211,7 +211,7 @@ fn test(args: &[String]) -> Result<()> {
         "clippy",
         "--all-targets",
         "--features",
-        "xtask/bench,xtask/lab",
+        "xtask/bench,xtask/lab,mat-loader/libvirt-events",
         "--",
         "-D",
         "warnings",

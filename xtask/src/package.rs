@@ -23,6 +23,9 @@ pub fn run() -> Result<PathBuf> {
         "mat-loader",
         "--bin",
         "mat",
+        // The package follows libvirt's interface hotplug (libvirt0 becomes a dependency).
+        "--features",
+        "libvirt-events",
     ])?;
     let release = target_dir().join("release");
     let mat = release.join("mat");

@@ -12,6 +12,10 @@ const PACKAGES: &[(&str, &str)] = &[
     // bpf-linker links against LLVM 22, rustc's own LLVM.
     ("llvm-22-dev", "/usr/lib/llvm-22/bin/llvm-config"),
     ("libpolly-22-dev", "/usr/lib/llvm-22/lib/libPolly.a"),
+    // mat-loader's libvirt-events feature (the package's and the tests' build) links libvirt,
+    // found by the virt crate's build script through pkg-config.
+    ("libvirt-dev", "/usr/include/libvirt/libvirt.h"),
+    ("pkg-config", "/usr/bin/pkg-config"),
     // End-to-end tests ping between namespaces.
     ("iputils-ping", "/usr/bin/ping"),
     // `cargo xtask bench`: the traffic generator, the peers MAT is compared with (ebtables-nft

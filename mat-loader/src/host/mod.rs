@@ -14,6 +14,7 @@ use std::{
 
 mod doctor;
 mod events;
+mod hotplug;
 mod lifecycle;
 mod report;
 

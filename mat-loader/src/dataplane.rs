@@ -192,6 +192,17 @@ impl Dataplane {
         let mut failed = Vec::new();
         for (ifindex, program) in self.links()? {
             let pin = self.link_pin(ifindex, program);
+            // A link detached by hand, or whose interface went away, is only a pin: removed, so
+            // that the reconcile attaches the port again (or releases it).
+            if crate::linkinfo::of_pin(&pin).is_ok_and(|l| l.ifindex == 0) {
+                tracing::warn!(
+                    ifindex,
+                    program = program.name(),
+                    "pinned link no longer attached: unpinned"
+                );
+                std::fs::remove_file(&pin)?;
+                continue;
+            }
             // The pin keeps the link attached; the descriptor returned is only closed.
             match self.relink(&pin, program) {
                 Ok(_) => updated += 1,
@@ -260,7 +271,7 @@ impl Dataplane {
         if !pin.exists() {
             return Ok(Some(false));
         }
-        let id = crate::linkinfo::prog_id(&pin)?;
+        let id = crate::linkinfo::of_pin(&pin)?.prog_id;
         let (_, running) = SchedClassifier::query_tcx(ifname, at)?;
         Ok(Some(running.iter().any(|r| r.id() == id)))
     }

@@ -7,7 +7,7 @@ mod bpffs;
 mod dataplane;
 mod error;
 mod layout;
-mod linkinfo;
+pub mod linkinfo;
 mod mmap;
 mod program;
 mod ringbuf;

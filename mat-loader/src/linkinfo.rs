@@ -56,9 +56,17 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-/// The id of the program the link pinned at `pin` holds. A link detached by hand keeps its
-/// program and its pin: only the hook's own list tells whether it still runs there.
-pub fn prog_id(pin: &Path) -> io::Result<u32> {
+/// What a pinned link holds: its program, and the interface it is attached to (0 once it is
+/// detached, by hand or because its interface went away: the link and its pin stay).
+pub struct Link {
+    pub id: u32,
+    pub prog_id: u32,
+    pub ifindex: u32,
+}
+
+/// The link pinned at `pin`. A link detached by hand keeps its program and its pin: only its
+/// interface index (or the hook's own list) tells that it no longer runs there.
+pub fn of_pin(pin: &Path) -> io::Result<Link> {
     let path = CString::new(pin.as_os_str().as_bytes())?;
     let mut get = ObjGet {
         pathname: path.as_ptr() as u64,
@@ -74,5 +82,10 @@ pub fn prog_id(pin: &Path) -> io::Result<u32> {
         info: std::ptr::from_mut(&mut info) as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info.prog_id)
+    // The union after prog_id starts with the interface index for TCX, XDP and netkit links.
+    Ok(Link {
+        id: info.id,
+        prog_id: info.prog_id,
+        ifindex: info.rest[0],
+    })
 }

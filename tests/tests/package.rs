@@ -18,7 +18,6 @@ use std::{
 use mat_loader::paths;
 use mat_tests::{
     daemon::{bindings, mac_str, use_mat_binary, Daemon, TempDir},
-    pins::pinned_link_ids,
     topology::{neighbour, ping, Lab, PingStream, PEER_IP},
 };
 
@@ -477,7 +476,12 @@ fn upgrade_from_the_previous_package_and_back_without_loss() {
             .map(|e| e.unwrap().path())
             .collect();
         pins.sort();
-        pins.iter().map(|p| pinned_link_ids(p)).collect()
+        pins.iter()
+            .map(|p| {
+                let l = mat_loader::linkinfo::of_pin(p).expect("reading a pinned link");
+                (l.id, l.prog_id)
+            })
+            .collect()
     };
     let before = links();
     assert_eq!(before.len(), 2, "one link per direction on the port");

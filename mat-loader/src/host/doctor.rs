@@ -27,9 +27,8 @@ impl Host {
                 if runs != Some(false) {
                     continue;
                 }
+                // A link detached by hand stays pinned; a restart unpins it and attaches anew.
                 let pin = self.dp.link_pin(p.ifindex, program);
-                // A link detached by hand stays pinned, and a pinned link is what start-up
-                // trusts: the pin must go first.
                 let finding = if pin.exists() {
                     Finding::new(
                         Check::ProgramMissing,
@@ -37,7 +36,7 @@ impl Host {
                             "{} does not run on the port: its pinned link is detached",
                             program.name()
                         ),
-                        format!("remove the pin {}, then {RESTART}", pin.display()),
+                        RESTART,
                     )
                     .path(&pin)
                 } else {

@@ -13,6 +13,7 @@
 //! # state_dir = "/var/lib/mat"
 //! # pin_dir = "/sys/fs/bpf/mat"
 //! # log_format = "text"
+//! # metrics = "127.0.0.1:9417"
 //! ```
 
 use std::{
@@ -99,6 +100,9 @@ pub struct DaemonArgs {
     /// Log format on stderr.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9417 (default: off).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -142,6 +146,7 @@ struct File {
     port_security: Option<Switch>,
     dhcp_chaddr: Option<DhcpChaddr>,
     log_format: Option<LogFormat>,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn read_file(explicit: Option<&Path>) -> Result<File> {
@@ -249,12 +254,23 @@ fn resolve(args: DaemonArgs, socket: Option<PathBuf>) -> Result<Resolved> {
             vm_ports,
             port_security: args.port_security.or(file.port_security) != Some(Switch::Off),
             dhcp_translate: args.dhcp_chaddr.or(file.dhcp_chaddr) == Some(DhcpChaddr::Translate),
+            metrics: args.metrics.or(file.metrics),
         },
         log_format: args
             .log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Text),
     })
+}
+
+/// The address plan of the configuration file (`config`, or the default one), as the daemon
+/// would run with it: for decoding MACs when no daemon answers.
+pub fn plan(config: Option<&Path>) -> Result<Plan> {
+    let args = DaemonArgs {
+        config: config.map(Path::to_owned),
+        ..DaemonArgs::default()
+    };
+    Ok(resolve(args, None)?.options.plan)
 }
 
 fn init_logs(format: LogFormat) {

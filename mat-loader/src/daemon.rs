@@ -97,8 +97,8 @@ pub async fn run(opts: Options) -> Result<()> {
     // Every exclusive resource first: a refused daemon must not touch the data plane.
     let store = tokio::task::block_in_place(|| Store::open(&opts.state_dir, LOCK_WAIT))?;
     let pin_lock = tokio::task::block_in_place(|| Dataplane::lock(&opts.pin_dir, LOCK_WAIT))?;
-    let listener = listen(&opts.socket)?;
     let metrics = opts.metrics.map(crate::metrics::listen).transpose()?;
+    let listener = listen(&opts.socket)?;
     let mut dp = Dataplane::open(&opts.pin_dir)
         .with_context(|| format!("opening the data plane under {}", opts.pin_dir.display()))?;
     let ring = dp

@@ -6,6 +6,11 @@
 //! data-plane events read, reconcile corrections, request latency) is counted into
 //! [`TELEMETRY`] as it happens: one process-wide set, as a process runs one daemon.
 //!
+//! prometheus-client writes OpenMetrics text; it is served in the classic text format (0.0.4),
+//! which every Prometheus reads and `promtool check metrics` checks: the two differ here only in
+//! a counter's metadata name (`mat_frames` there, `mat_frames_total` here) and the `# EOF` line
+//! (see [`classic`]), as no info or unit metadata is used.
+//!
 //! The HTTP side is a minimal HTTP/1.1 responder on tokio (one GET per connection, then close):
 //! Prometheus needs no more, and the tree has no HTTP server to reuse.
 
@@ -24,7 +29,6 @@ use prometheus_client::{
         family::Family,
         gauge::Gauge,
         histogram::{exponential_buckets, Histogram},
-        info::Info,
     },
     registry::Registry,
 };
@@ -254,16 +258,53 @@ pub fn render(stats: &StatsView, plan: &PlanView) -> String {
         "Time to answer a control request, per operation",
         t.requests.clone(),
     );
-    r.register(
-        "build",
-        "The running mat: version and pinned layout",
-        Info::new(BuildLabels {
+    // A gauge at 1 rather than OpenMetrics' info type, which the classic text parsers (promtool
+    // check metrics) do not know.
+    let build = Family::<BuildLabels, Gauge>::default();
+    build
+        .get_or_create(&BuildLabels {
             version: env!("CARGO_PKG_VERSION"),
             layout: crate::common::maps::LAYOUT.to_string(),
-        }),
+        })
+        .set(1);
+    r.register(
+        "build_info",
+        "The running mat: version and pinned layout",
+        build,
     );
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String");
+    classic(&out)
+}
+
+/// OpenMetrics text as the classic text format: a counter's HELP and TYPE name its samples
+/// (`_total`), and no `# EOF`.
+fn classic(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines().filter(|&l| l != "# EOF") {
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                };
+                out.push_str(&format!("{prefix}{name} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
     out
 }
 
@@ -370,6 +411,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classic_text() {
+        let om = "# HELP mat_frames Frames.\n# TYPE mat_frames counter\nmat_frames_total{a=\"b\"} 3\n\
+                  # HELP mat_bindings Bindings.\n# TYPE mat_bindings gauge\nmat_bindings 1\n# EOF\n";
+        assert_eq!(
+            classic(om),
+            "# HELP mat_frames_total Frames.\n# TYPE mat_frames_total counter\n\
+             mat_frames_total{a=\"b\"} 3\n# HELP mat_bindings Bindings.\n\
+             # TYPE mat_bindings gauge\nmat_bindings 1\n"
+        );
+    }
 
     #[test]
     fn routes() {

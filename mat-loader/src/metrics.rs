@@ -44,6 +44,9 @@ use crate::views::{PlanView, StatsView};
 const MAX_HEAD: usize = 8 * 1024;
 const READ_LIMIT: Duration = Duration::from_secs(5);
 
+/// Scrapes served at once; a connection beyond is closed unanswered.
+const MAX_SCRAPES: usize = 8;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
@@ -319,14 +322,20 @@ where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<String>> + Send,
 {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    debug!("too many metrics connections: one closed");
+                    continue;
+                };
                 let scrape = scrape.clone();
                 tokio::spawn(async move {
                     if let Err(e) = answer(stream, scrape).await {
                         debug!(error = %e, "serving a metrics request");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {

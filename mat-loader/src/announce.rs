@@ -195,7 +195,9 @@ impl Announcer {
                             break;
                         }
                         for &ip in &ips {
-                            match this.sender.send(bridge, &frame(a.outside, ip)) {
+                            let r = this.sender.send(bridge, &frame(a.outside, ip));
+                            crate::metrics::announced(ip, r.is_ok());
+                            match r {
                                 Ok(()) => sent += 1,
                                 Err(e) => warn!(bridge, %ip, error = %e, "sending an announcement"),
                             }

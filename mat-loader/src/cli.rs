@@ -32,6 +32,15 @@ pub fn run<T: DeserializeOwned>(
             return ExitCode::from(1);
         }
     };
+    print(reply, json, text)
+}
+
+/// Prints a reply's result with `text` (or as JSON), or its refusal; the exit code.
+pub fn print<T: DeserializeOwned>(
+    reply: Reply,
+    json: bool,
+    text: impl FnOnce(&T) -> String,
+) -> ExitCode {
     match reply {
         Reply::Ok(v) => {
             if json {

@@ -13,6 +13,7 @@
 //! # state_dir = "/var/lib/mat"
 //! # pin_dir = "/sys/fs/bpf/mat"
 //! # log_format = "text"
+//! # metrics = "127.0.0.1:9417"
 //! ```
 
 use std::{
@@ -117,6 +118,9 @@ pub struct DaemonArgs {
     /// retries, and resyncs when it reconnects.
     #[arg(long, value_name = "URI")]
     libvirt: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9417 (default: off).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -164,6 +168,7 @@ struct File {
     watch: Option<Vec<String>>,
     log_format: Option<LogFormat>,
     libvirt: Option<String>,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn read_file(explicit: Option<&Path>) -> Result<File> {
@@ -283,12 +288,22 @@ fn resolve(args: DaemonArgs, socket: Option<PathBuf>) -> Result<Resolved> {
             uplink,
             watch,
             libvirt: args.libvirt.or(file.libvirt).filter(|u| u != "off"),
+            metrics: args.metrics.or(file.metrics),
         },
         log_format: args
             .log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Text),
     })
+}
+
+/// The configuration file (`path`, or the default one) as `mat daemon` reads it without flags.
+fn from_file(path: Option<&Path>) -> Result<Resolved> {
+    let args = DaemonArgs {
+        config: path.map(Path::to_owned),
+        ..DaemonArgs::default()
+    };
+    resolve(args, None)
 }
 
 /// Checks the configuration file (`path`, else the default one when it exists) as `mat daemon`
@@ -298,11 +313,13 @@ pub fn check(path: Option<&Path>) -> Option<Result<PathBuf>> {
     if path.is_none() && !Path::new(DEFAULT_CONFIG).exists() {
         return None;
     }
-    let args = DaemonArgs {
-        config: path.map(Path::to_owned),
-        ..DaemonArgs::default()
-    };
-    Some(resolve(args, None).map(|r| r.options.pin_dir))
+    Some(from_file(path).map(|r| r.options.pin_dir))
+}
+
+/// The address plan of the configuration file (`config`, or the default one), as the daemon
+/// would run with it: for decoding MACs when no daemon answers.
+pub fn plan(config: Option<&Path>) -> Result<Plan> {
+    Ok(from_file(config)?.options.plan)
 }
 
 fn init_logs(format: LogFormat) {

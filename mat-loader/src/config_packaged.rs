@@ -68,10 +68,12 @@ fn every_key_is_listed_at_its_default() {
         watch,
         log_format,
         libvirt,
+        metrics,
     } = file;
     // The plan has no default: an example.
     assert!(pool.is_some() && rack.is_some() && host.is_some());
     assert!(vm_ports.is_some(), "an example glob");
+    assert!(metrics.is_some(), "an example address (off by default)");
     assert_eq!(rack_bits, Some(DEFAULT_RACK_BITS));
     assert_eq!(host_bits, Some(DEFAULT_HOST_BITS));
     assert_eq!(allow_universal, Some(false));

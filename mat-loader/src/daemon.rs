@@ -75,6 +75,8 @@ pub struct Options {
     pub watch: Vec<String>,
     /// libvirtd's URI, to bind hotplugged interfaces from its events (`None`: off).
     pub libvirt: Option<String>,
+    /// Where to serve Prometheus metrics (`None`: nowhere).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 struct Ctx {
@@ -112,6 +114,7 @@ pub async fn run(opts: Options) -> Result<()> {
     // Every exclusive resource first: a refused daemon must not touch the data plane.
     let store = tokio::task::block_in_place(|| Store::open(&opts.state_dir, LOCK_WAIT))?;
     let pin_lock = tokio::task::block_in_place(|| Dataplane::lock(&opts.pin_dir, LOCK_WAIT))?;
+    let metrics = opts.metrics.map(crate::metrics::listen).transpose()?;
     let listener = listen(&opts.socket)?;
     let mut dp = Dataplane::open(&opts.pin_dir)
         .with_context(|| format!("opening the data plane under {}", opts.pin_dir.display()))?;
@@ -213,6 +216,10 @@ pub async fn run(opts: Options) -> Result<()> {
     tokio::spawn(resync(ctx.clone()));
     if let Some(uri) = &opts.libvirt {
         follow_libvirt(&ctx, uri, &opts.bridges);
+    }
+    if let Some(l) = metrics {
+        let ctx = ctx.clone();
+        tokio::spawn(crate::metrics::serve(l, move || scrape(ctx.clone())));
     }
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut accept_errors = RateLimited::new(Duration::from_secs(10));
@@ -420,10 +427,12 @@ async fn serve(stream: UnixStream, ctx: Arc<Ctx>) {
         }
         let reply = match proto::parse_request(&buf) {
             Err(e) => Reply::refused(Refusal::new(Code::BadRequest, format!("bad request: {e}"))),
-            Ok(req) => match handle(req, &ctx).await {
-                Ok(reply) => reply,
-                Err(r) => Reply::refused(r),
-            },
+            Ok(req) => {
+                let (op, started) = (req.op(), Instant::now());
+                let reply = handle(req, &ctx).await.unwrap_or_else(Reply::refused);
+                crate::metrics::request(op, started.elapsed());
+                reply
+            }
         };
         if wr.write_all(reply.line().as_bytes()).await.is_err() || !complete {
             return;
@@ -506,12 +515,23 @@ async fn handle(req: Request, ctx: &Arc<Ctx>) -> Result<Reply, Refusal> {
         Request::Routes {} => Reply::ok(&RoutesView {
             routes: with_host(ctx, |h| Ok(h.routes())).await?,
         }),
+        Request::Decode { mac } => {
+            let mac = proto::mac(&mac)?;
+            Reply::ok(&with_host(ctx, move |h| h.decode(mac)).await?)
+        }
         Request::Stats {} => Reply::ok(
             &stats(ctx)
                 .await
                 .map_err(|e| Refusal::internal(format!("{e:#}")))?,
         ),
     })
+}
+
+/// One scrape of the metrics: the same stats as `mat stats` and the same plan as `mat plan`.
+async fn scrape(ctx: Arc<Ctx>) -> Result<String> {
+    let stats = stats(&ctx).await?;
+    let plan = with_host(&ctx, |h| Ok(h.plan())).await?;
+    Ok(crate::metrics::render(&stats, &plan))
 }
 
 async fn stats(ctx: &Arc<Ctx>) -> Result<StatsView> {
@@ -585,13 +605,18 @@ async fn watch_events(ring: crate::EventRing, ctx: Arc<Ctx>) {
         // Clear first: an event arriving while we drain makes it ready again.
         guard.clear_ready();
         let mut batch = Vec::new();
+        let mut short = 0;
         guard.get_inner_mut().drain(|item| {
             if item.len() >= size_of::<Event>() {
                 // SAFETY: the item holds at least one Event, a plain repr(C) type; unaligned read.
                 batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+            } else {
+                short += 1;
             }
         });
         drop(guard);
+        let unknown = batch.iter().filter(|ev| ev.kind().is_none()).count() as u64;
+        crate::metrics::events(batch.len() as u64 - unknown, short + unknown);
         for ev in batch {
             let learned = match ev.kind() {
                 Some(EventKind::Learned) => Some(IpAddr::from(ev.ipv4)),

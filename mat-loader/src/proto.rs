@@ -20,6 +20,7 @@
 //! {"op":"routes"}
 //! {"op":"release_port","port":"tap0"}          (take MAT's programs off an unbound port)
 //! {"op":"doctor"}                               (the daemon's checks for `mat doctor`)
+//! {"op":"decode","mac":"02:00:5e:01:03:00"}     (whose is this outside MAC?)
 //! ```
 //!
 //! `attach` also takes `"force": true` for a port that is not a tap or a veth (see
@@ -36,6 +37,8 @@
 //! - list: `{"bindings": [BindingView...]}`.
 //! - release_port: `{"port": NAME}`.
 //! - doctor: [`DoctorView`](crate::doctor::DoctorView): the pin directory and the findings.
+//! - decode: [`DecodeView`](crate::decode::DecodeView); a MAC outside the pool is refused
+//!   `not_in_pool`, one that is not a MAC `invalid_mac`.
 //! - stats: [`StatsView`](crate::views::StatsView); plan: [`PlanView`](crate::views::PlanView); routes: `{"routes": [Route...]}`.
 //!
 //! The result types are in [`crate::views`].
@@ -43,7 +46,8 @@
 //! Error codes ([`Code`]): `bad_request`, `line_too_long`, `not_root`, `pool_exhausted`,
 //! `unknown_port`, `not_vm_port` (a bridge, a managed bridge's uplink, or not a tap or veth),
 //! `invalid_mac`, `invalid_ip` (not a unicast address), `mac_in_use` (the inside MAC is bound on
-//! another port), `port_bound` (the port already has a binding), `not_bound`, `busy` (too many
+//! another port), `port_bound` (the port already has a binding), `not_bound`, `not_in_pool` (a
+//! MAC to decode outside the outside pool), `busy` (too many
 //! connections), `internal`. A refused request changes nothing. An acknowledged change is on
 //! disk.
 //!
@@ -114,6 +118,28 @@ pub enum Request {
         port: String,
     },
     Doctor {},
+    /// Which rack, host and VM slot an outside MAC belongs to and, on this host, who holds it.
+    Decode {
+        mac: String,
+    },
+}
+
+impl Request {
+    /// The operation's name on the wire (`op`).
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Attach { .. } => "attach",
+            Request::Detach { .. } => "detach",
+            Request::AttachVm { .. } => "attach_vm",
+            Request::List {} => "list",
+            Request::Stats {} => "stats",
+            Request::Plan {} => "plan",
+            Request::Routes {} => "routes",
+            Request::ReleasePort { .. } => "release_port",
+            Request::Doctor {} => "doctor",
+            Request::Decode { .. } => "decode",
+        }
+    }
 }
 
 /// One port of an [`Request::AttachVm`].
@@ -227,6 +253,14 @@ mod tests {
             }
         );
         assert_eq!(parse(r#"{"op":"list"}"#).unwrap(), Request::List {});
+        for r in [
+            Request::List {},
+            Request::Decode { mac: "x".into() },
+            Request::ReleasePort { port: "p".into() },
+        ] {
+            let wire = serde_json::to_value(&r).unwrap();
+            assert_eq!(wire["op"], r.op());
+        }
         let r = Request::Detach {
             port: None,
             mac: None,

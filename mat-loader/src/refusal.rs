@@ -18,6 +18,8 @@ pub enum Code {
     MacInUse,
     PortBound,
     NotBound,
+    /// A MAC to decode that is not in the outside pool.
+    NotInPool,
     /// Too many connections at once; try again.
     Busy,
     Internal,
@@ -38,6 +40,7 @@ impl Code {
             Code::MacInUse => "mac_in_use",
             Code::PortBound => "port_bound",
             Code::NotBound => "not_bound",
+            Code::NotInPool => "not_in_pool",
             Code::Busy => "busy",
             Code::Internal => "internal",
         }
@@ -83,6 +86,7 @@ mod tests {
             Code::MacInUse,
             Code::PortBound,
             Code::NotBound,
+            Code::NotInPool,
             Code::Busy,
             Code::Internal,
         ] {

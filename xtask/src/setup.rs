@@ -32,6 +32,9 @@ const PACKAGES: &[(&str, &str)] = &[
     // udhcpc). dnsmasq-base is the binary alone: no service is installed or started.
     ("dnsmasq-base", "/usr/sbin/dnsmasq"),
     ("udhcpc", "/usr/sbin/udhcpc"),
+    // The metrics test checks the exposition with promtool, which Debian ships only in the
+    // server's package (see `quiet_prometheus`).
+    ("prometheus", "/usr/bin/promtool"),
 ];
 
 /// cargo-deb, for `cargo xtask package`, at this version.
@@ -97,7 +100,20 @@ fn packages() -> Result<()> {
     status("apt-get", &["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend(&missing);
-    status("apt-get", &args)
+    status("apt-get", &args)?;
+    if missing.contains(&"prometheus") {
+        quiet_prometheus()?;
+    }
+    Ok(())
+}
+
+/// The prometheus package enables and starts its server (port 9090); the tests want only
+/// promtool, so a server it started under systemd is stopped and disabled again.
+fn quiet_prometheus() -> Result<()> {
+    if std::path::Path::new("/run/systemd/system").exists() {
+        status("systemctl", &["disable", "--now", "prometheus.service"])?;
+    }
+    Ok(())
 }
 
 fn bpf_linker() -> Result<()> {

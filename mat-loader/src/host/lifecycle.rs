@@ -37,6 +37,7 @@ impl Host {
         for p in self.vanished_ports() {
             self.port_gone(&p, "missing at start")
                 .map_err(|r| anyhow::anyhow!("{r}"))?;
+            crate::metrics::corrected("vanished_port", 1);
         }
         // One listing of the pinned links instead of a look at each port's pins (seven stats
         // and an interface lookup per port, most of a restart's time at 4,096 ports): a port
@@ -54,8 +55,9 @@ impl Host {
             }
             // One port that cannot take the programs (another mode on it, say) must not keep the
             // daemon, and every other port, from running.
-            if let Err(e) = self.dp.attach(&p.name, Mode::Port) {
-                warn!(port = p.name, error = %e, "attaching the programs at start");
+            match self.dp.attach(&p.name, Mode::Port) {
+                Ok(()) => crate::metrics::corrected("port_programs", 1),
+                Err(e) => warn!(port = p.name, error = %e, "attaching the programs at start"),
             }
         }
         self.attach_uplink()?;
@@ -81,6 +83,7 @@ impl Host {
                 "detaching from an interface that is neither a port in the state nor the uplink"
             );
             self.dp.detach(i)?;
+            crate::metrics::corrected("port_programs", 1);
         }
         self.fix_maps()
     }
@@ -192,6 +195,7 @@ impl Host {
                 flags(b, BINDING_ANNOUNCE),
             )?;
         }
+        crate::metrics::corrected("map_entry", (diff.extra.len() + diff.missing.len()) as u64);
         info!(
             bindings = self.state.bindings.len(),
             ports = self.state.ports.len(),
@@ -322,8 +326,9 @@ impl Host {
     /// Releases the bindings of ports whose interface is gone (events can be lost).
     pub fn resync(&mut self) {
         for p in self.vanished_ports() {
-            if let Err(e) = self.port_gone(&p, "found missing") {
-                warn!(port = p.name, error = %e, "releasing a vanished port");
+            match self.port_gone(&p, "found missing") {
+                Ok(()) => crate::metrics::corrected("vanished_port", 1),
+                Err(e) => warn!(port = p.name, error = %e, "releasing a vanished port"),
             }
         }
     }

@@ -8,8 +8,10 @@ use std::{
 
 use super::{now_ms, Host, PortState};
 use crate::{
+    decode::{self, DecodeView, HeldDown, Status},
     mac::Mac,
     plan::Route,
+    refusal::Refusal,
     state::Binding,
     views::{BindingView, BoundView, FreeView, HeldView, ListView, ModeView, PlanView},
     Counters,
@@ -144,6 +146,39 @@ impl Host {
             uplink_xdp: u.map(|u| u.xdp.name().to_owned()),
             watching: Vec::new(),
         }
+    }
+
+    /// Which rack, host and VM slot `mac` is and, when it is this host's, who holds it.
+    pub fn decode(&self, mac: Mac) -> Result<DecodeView, Refusal> {
+        let mut v = decode::slot(&self.state.plan, mac)?;
+        if v.status != Status::Unchecked {
+            return Ok(v);
+        }
+        let now = now_ms();
+        if let Some(b) = self.state.bindings.iter().find(|b| b.outside == mac) {
+            v.status = Status::Bound;
+            v.binding = Some(self.view(b, None));
+        } else if let Some(r) = self
+            .state
+            .alloc
+            .held(now, self.hold_ms)
+            .find(|r| r.outside == mac)
+        {
+            let until = r.at_ms + self.hold_ms;
+            v.status = Status::HeldDown;
+            v.held = Some(HeldDown {
+                vm: r.vm.clone(),
+                inside: r.inside,
+                released_ms: r.at_ms,
+                released_rfc3339: decode::rfc3339_ms(r.at_ms),
+                until_ms: until,
+                until_rfc3339: decode::rfc3339_ms(until),
+                remaining_ms: until - now,
+            });
+        } else {
+            v.status = Status::Free;
+        }
+        Ok(v)
     }
 
     pub fn routes(&self) -> Vec<Route> {

@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use mat_loader::{
-    cli, client, config, generate::Generate, libvirt, mac::Mac, proto::Request, store,
+    cli, client, config, decode, generate::Generate, libvirt, mac::Mac, proto::Request, store,
     DEFAULT_SOCKET,
 };
 
@@ -87,6 +87,16 @@ enum Command {
     /// Check the host's set-up: kernel, daemon, configuration, pins, programs, maps, pool and
     /// libvirt's hook; one line per finding with what to do (exit 1 on an error).
     Doctor(mat_loader::doctor::DoctorArgs),
+    /// Whose is an outside MAC: its rack, host and VM slot, and on this host the VM that holds it
+    /// or its hold-down. Without a daemon, decoded from the configuration.
+    Decode {
+        mac: Mac,
+        /// The configuration to decode with when no daemon answers (default /etc/mat/mat.toml).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Ports that carry MAT's programs.
     #[command(subcommand)]
     Port(PortCommand),
@@ -197,6 +207,9 @@ fn main() -> ExitCode {
             json,
             cli::routes_text,
         ),
+        Command::Decode { mac, config, json } => {
+            decode::run(&client_socket(), timeout, mac, config.as_deref(), json)
+        }
         Command::Port(PortCommand::Release { port, json }) => cli::run(
             &client_socket(),
             timeout,

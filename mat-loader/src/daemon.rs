@@ -511,7 +511,18 @@ async fn handle(req: Request, ctx: &Arc<Ctx>) -> Result<Reply, Refusal> {
             (plan.mode, plan.duplicates, plan.recent_duplicates) = mode_and_duplicates(ctx, mode);
             Reply::ok(&plan)
         }
-        Request::Doctor {} => Reply::ok(&with_host(ctx, |h| h.doctor()).await?),
+        Request::Doctor {} => {
+            let mut view = with_host(ctx, |h| h.doctor()).await?;
+            let since = host::now_ms().saturating_sub(crate::doctor::DUPLICATE_RECENT_MS);
+            let (_, recent) = ctx.dups.seen();
+            view.findings.extend(
+                recent
+                    .iter()
+                    .filter(|d| d.last_ms >= since)
+                    .map(crate::doctor::duplicate),
+            );
+            Reply::ok(&view)
+        }
         Request::Routes {} => Reply::ok(&RoutesView {
             routes: with_host(ctx, |h| Ok(h.routes())).await?,
         }),

@@ -45,6 +45,8 @@ pub enum Check {
     HookNotExecutable,
     /// The hook talks to another socket than the daemon's.
     HookWrongSocket,
+    /// Another host sends from this host's outside MACs (the same rack and host id).
+    DuplicateOutsideMac,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +161,28 @@ pub struct DoctorView {
     /// Where its data plane is pinned.
     pub pin_dir: PathBuf,
     pub findings: Vec<Finding>,
+}
+
+/// Duplicates seen this long ago or less are reported: one fixed by then (the other host
+/// renumbered) stays in `mat stats` but no longer fails the check.
+pub const DUPLICATE_RECENT_MS: u64 = 10 * 60 * 1000;
+
+/// A duplicate outside MAC the daemon's watch saw (see [`crate::duplicates`]).
+pub fn duplicate(d: &crate::duplicates::Duplicate) -> Finding {
+    Finding::new(
+        Check::DuplicateOutsideMac,
+        format!(
+            "another host claims this host's MAC ({}) on {}{}, from {}: it has this host's rack \
+             and host id",
+            d.field,
+            d.interface,
+            d.vlan.map(|v| format!(" VLAN {v}")).unwrap_or_default(),
+            d.source
+        ),
+        "give that host a host id of its own (detach or stop its VMs first), then restart its \
+         daemon",
+    )
+    .mac(d.mac)
 }
 
 /// `mat doctor --json`.

@@ -390,6 +390,23 @@ fn a_second_host_with_the_same_rack_and_host_id_is_detected() {
     assert_eq!(logged, 1, "{}", d1.log());
     let plan = d1.cli_json(&["plan"]);
     assert!(plan["duplicates"].as_u64().unwrap() >= 3);
+    // `mat doctor` names it, as an error.
+    let doctor = d1.cli(&[
+        "doctor",
+        "--json",
+        "--pin-dir",
+        &d1.pin_dir().to_string_lossy(),
+    ]);
+    assert_eq!(doctor.status.code(), Some(1), "{doctor:?}");
+    let report: Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let found: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["code"] == "duplicate_outside_mac")
+        .collect();
+    assert_eq!(found.len(), 1, "{report}");
+    assert_eq!(found[0]["mac"], fmt_mac(&outside(0)), "{report}");
     let text = d1.cli_ok(&["plan"]);
     assert!(
         text.contains(&format!(

@@ -50,6 +50,9 @@ pub use ringbuf::EventRing;
 /// Where the data plane pins its maps and links unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = paths::PIN_DIR;
 
+/// This release's version (the package's, and `mat_build_info`'s).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Where the CLI and the daemon meet unless told otherwise.
 pub const DEFAULT_SOCKET: &str = paths::SOCKET;
 

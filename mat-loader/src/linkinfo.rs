@@ -82,10 +82,11 @@ pub fn of_pin(pin: &Path) -> io::Result<Link> {
         info: std::ptr::from_mut(&mut info) as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    // The union after prog_id starts with the interface index for TCX, XDP and netkit links.
+    // The union after prog_id is 8-byte aligned (offset 16, after 4 bytes of padding); it
+    // starts with the interface index for TCX, XDP and netkit links.
     Ok(Link {
         id: info.id,
         prog_id: info.prog_id,
-        ifindex: info.rest[0],
+        ifindex: info.rest[1],
     })
 }

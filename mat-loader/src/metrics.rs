@@ -266,7 +266,7 @@ pub fn render(stats: &StatsView, plan: &PlanView) -> String {
     let build = Family::<BuildLabels, Gauge>::default();
     build
         .get_or_create(&BuildLabels {
-            version: env!("CARGO_PKG_VERSION"),
+            version: crate::VERSION,
             layout: crate::common::maps::LAYOUT.to_string(),
         })
         .set(1);

@@ -256,7 +256,12 @@ fn scrape_during_traffic_matches_stats() {
         text.contains("mat_request_duration_seconds_sum{op=\"attach\"}"),
         "{text}"
     );
-    assert_eq!(m[r#"mat_build_info{version="0.1.0",layout="3"}"#], 1);
+    let build = format!(
+        "mat_build_info{{version=\"{}\",layout=\"{}\"}}",
+        mat_loader::VERSION,
+        mat_common::maps::LAYOUT
+    );
+    assert_eq!(m[&build], 1, "{text}");
     assert!(
         !text.contains("mat_reconcile_corrections_total{"),
         "nothing to correct"

@@ -396,28 +396,30 @@ fn fdb(ns: &Netns) -> BTreeSet<String> {
         .collect()
 }
 
+/// Pings `ip` from `ns` (one ping, else two more), then forgets `ns`'s neighbours (see
+/// [`PAIR_SPACING`]).
 fn ping_once(ns: &Netns, ip: Ipv4Addr) -> bool {
-    ns.command("ping")
-        .args(["-n", "-q", "-c", "1", "-W", "2"])
-        .arg(ip.to_string())
+    let script = format!(
+        "ping -n -q -c 1 -W 2 {ip} >/dev/null || ping -n -q -c 2 -i 0.2 -W 2 {ip} >/dev/null; \
+         ok=$?; ip neigh flush dev eth0; exit $ok"
+    );
+    ns.command("sh")
+        .args(["-c", &script])
         .output()
         .is_ok_and(|o| o.status.success())
-        || ns
-            .command("ping")
-            .args(["-n", "-q", "-c", "2", "-i", "0.2", "-W", "2"])
-            .arg(ip.to_string())
-            .output()
-            .is_ok_and(|o| o.status.success())
 }
 
 /// Pairs between VMs of different racks, at most: at scale a sample (every VM still reaches the
 /// peer), so that the run stays in minutes.
 const MAX_CROSS_PAIRS: usize = 256;
-/// New pairs start at most this often. Every ping adds an ARP entry at both ends, and this
-/// kernel's neighbour table is one for all namespaces (`gc_thresh3`, 1024 here): entries younger
-/// than 5 s cannot be reclaimed, so faster than ~100 entries a second, at a thousand VMs, the
-/// table overflows and pings fail for a reason the fabric has nothing to do with.
-const PAIR_SPACING: Duration = Duration::from_millis(12);
+/// New pairs start at most this often. Every ping adds an ARP entry at both ends, and the
+/// kernel's neighbour table is one for all namespaces (`gc_thresh3`, 1024 here, shared with
+/// whatever else runs), which cannot reclaim an entry while its timer runs (reachable, delay,
+/// probe: 10 s and more) or for 5 s after: at a thousand VMs the table overflows and pings fail
+/// for a reason the fabric has nothing to do with. Hence also: each VM forgets its neighbours
+/// after its ping, and the peer every [`NEIGH_FLUSH`].
+const PAIR_SPACING: Duration = Duration::from_millis(10);
+const NEIGH_FLUSH: Duration = Duration::from_millis(500);
 
 /// Every VM to the peer, and to `k` VMs in other racks (every VM's when that makes at most
 /// [`MAX_CROSS_PAIRS`], else that many spread over the VMs): (peer pairs, cross pairs, ok).
@@ -437,21 +439,38 @@ fn reachability(f: &Fabric, k: usize) -> (usize, usize, usize) {
     let ok = std::sync::atomic::AtomicUsize::new(0);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let t0 = Instant::now();
+    let done = AtomicBool::new(false);
     thread::scope(|s| {
-        for _ in 0..16 {
-            s.spawn(|| loop {
-                let n = next.fetch_add(1, Ordering::SeqCst);
-                let Some(&(i, ip)) = pairs.get(n) else { break };
-                if STOP.load(Ordering::SeqCst) {
-                    break;
-                }
-                let start = t0 + PAIR_SPACING * n as u32;
-                thread::sleep(start.saturating_duration_since(Instant::now()));
-                if ping_once(&f.vms[i].ns, ip) {
-                    ok.fetch_add(1, Ordering::SeqCst);
-                }
-            });
+        s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                let _ = f
+                    .peer
+                    .command("ip")
+                    .args(["neigh", "flush", "dev", "eth0"])
+                    .output();
+                thread::sleep(NEIGH_FLUSH);
+            }
+        });
+        let workers: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(&(i, ip)) = pairs.get(n) else { break };
+                    if STOP.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let start = t0 + PAIR_SPACING * n as u32;
+                    thread::sleep(start.saturating_duration_since(Instant::now()));
+                    if ping_once(&f.vms[i].ns, ip) {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
         }
+        done.store(true, Ordering::SeqCst);
     });
     (to_peer, pairs.len() - to_peer, ok.into_inner())
 }
@@ -494,7 +513,10 @@ struct Forwarding {
     flat_pps: f64,
     mat_tcp_gbps: f64,
     flat_tcp_gbps: f64,
-    /// The XDP unicast path (peers given an XDP program): measured, not the default.
+    /// The ends without checksum offload (see [`forwarding`]): TC, then the XDP unicast path
+    /// (the ends given an XDP program), which only works so. Measured, not the default.
+    mat_csum_off_pps: f64,
+    mat_csum_off_tcp_gbps: f64,
     mat_xdp_pps: f64,
     mat_xdp_tcp_gbps: f64,
 }
@@ -674,7 +696,12 @@ fn measure_move(f: &mut Fabric, size: Size) -> Result<Move> {
 
 /// iperf3 through one core-like box: client -- box -- server, the box a MAT switch (routes for
 /// both ends), the same with the XDP path, or a Linux bridge. (pps of 18-byte UDP, TCP Gbit/s.)
-fn forwarding(kind: &str, seconds: u32) -> Result<(f64, f64)> {
+/// `csum_off`: the ends compute their own checksums (`ethtool -K eth0 tx off`, which takes TSO
+/// with it). The XDP path needs that: a frame redirected in XDP becomes an `xdp_frame`, which
+/// carries no checksum state, so a frame sent with its checksum left to offload (all UDP and TCP
+/// over a veth) reaches the far stack with a checksum it drops: with offloads on, XDP delivers
+/// nothing but pings.
+fn forwarding(kind: &str, seconds: u32, csum_off: bool) -> Result<(f64, f64)> {
     let a = netns("lfa");
     let s = netns("lfs");
     let b = netns("lfb");
@@ -708,6 +735,11 @@ fn forwarding(kind: &str, seconds: u32) -> Result<(f64, f64)> {
         }
         Some(sw)
     };
+    if csum_off {
+        for ns in [&a, &b] {
+            ns.exec("ethtool", &["-K", "eth0", "tx", "off"]);
+        }
+    }
     let _server = b.spawn("iperf3", &["-s", "-B", "203.0.113.2", "-1"]);
     thread::sleep(Duration::from_millis(300));
     let run = |args: &[&str]| -> Result<serde_json::Value> {
@@ -893,9 +925,11 @@ pub fn run(size: Size, keep_up: bool, json: Option<PathBuf>) -> Result<()> {
     drop(flat);
     // 5: forwarding cost of one core box.
     let secs = 2;
-    (r.forwarding.mat_pps, r.forwarding.mat_tcp_gbps) = forwarding("mat", secs)?;
-    (r.forwarding.flat_pps, r.forwarding.flat_tcp_gbps) = forwarding("flat", secs)?;
-    (r.forwarding.mat_xdp_pps, r.forwarding.mat_xdp_tcp_gbps) = forwarding("xdp", secs)?;
+    let fw = &mut r.forwarding;
+    (fw.mat_pps, fw.mat_tcp_gbps) = forwarding("mat", secs, false)?;
+    (fw.flat_pps, fw.flat_tcp_gbps) = forwarding("flat", secs, false)?;
+    (fw.mat_csum_off_pps, fw.mat_csum_off_tcp_gbps) = forwarding("mat", secs, true)?;
+    (fw.mat_xdp_pps, fw.mat_xdp_tcp_gbps) = forwarding("xdp", secs, true)?;
     r.total_s = start.elapsed().as_secs_f64();
 
     print_report(&r);
@@ -999,7 +1033,15 @@ fn print_report(r: &Report) {
     );
     println!(
         "{:<42} {:>16}",
-        "  MAT with the XDP path: pps, TCP",
+        "  ends' checksum offload off: TC pps, TCP",
+        format!(
+            "{:.0}, {:.2}",
+            r.forwarding.mat_csum_off_pps, r.forwarding.mat_csum_off_tcp_gbps
+        )
+    );
+    println!(
+        "{:<42} {:>16}",
+        "                       XDP path pps, TCP",
         format!(
             "{:.0}, {:.2}",
             r.forwarding.mat_xdp_pps, r.forwarding.mat_xdp_tcp_gbps

@@ -422,8 +422,9 @@ const PAIR_SPACING: Duration = Duration::from_millis(10);
 const NEIGH_FLUSH: Duration = Duration::from_millis(500);
 
 /// Every VM to the peer, and to `k` VMs in other racks (every VM's when that makes at most
-/// [`MAX_CROSS_PAIRS`], else that many spread over the VMs): (peer pairs, cross pairs, ok).
-fn reachability(f: &Fabric, k: usize) -> (usize, usize, usize) {
+/// [`MAX_CROSS_PAIRS`], else that many spread over the VMs): (peer pairs, cross pairs, ok, the
+/// pairs that failed).
+fn reachability(f: &Fabric, k: usize) -> (usize, usize, usize, Vec<String>) {
     let mut pairs: Vec<(usize, Ipv4Addr)> = (0..f.vms.len()).map(|i| (i, PEER_IP)).collect();
     let to_peer = pairs.len();
     let n = f.vms.len();
@@ -440,6 +441,7 @@ fn reachability(f: &Fabric, k: usize) -> (usize, usize, usize) {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let t0 = Instant::now();
     let done = AtomicBool::new(false);
+    let failed = std::sync::Mutex::new(Vec::new());
     thread::scope(|s| {
         s.spawn(|| {
             while !done.load(Ordering::SeqCst) {
@@ -463,6 +465,12 @@ fn reachability(f: &Fabric, k: usize) -> (usize, usize, usize) {
                     thread::sleep(start.saturating_duration_since(Instant::now()));
                     if ping_once(&f.vms[i].ns, ip) {
                         ok.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        let vm = &f.vms[i];
+                        failed
+                            .lock()
+                            .expect("failed pairs")
+                            .push(format!("vm{i} ({}, rack {}) -> {ip}", vm.ip, vm.rack));
                     }
                 })
             })
@@ -472,7 +480,8 @@ fn reachability(f: &Fabric, k: usize) -> (usize, usize, usize) {
         }
         done.store(true, Ordering::SeqCst);
     });
-    (to_peer, pairs.len() - to_peer, ok.into_inner())
+    let failed = failed.into_inner().expect("failed pairs");
+    (to_peer, pairs.len() - to_peer, ok.into_inner(), failed)
 }
 
 /// Fabric links: every port of the core and of every ToR.
@@ -539,6 +548,9 @@ struct Report {
     /// Of the pairs tested: VM to the peer (every VM), VM to a VM of another rack.
     pairs_to_peer: usize,
     pairs_cross: usize,
+    /// The pairs that got no answer to three pings (`vmI (IP, rack R) -> IP`).
+    pairs_failed: Vec<String>,
+    flat_pairs_failed: Vec<String>,
     flat_pairs_ok: usize,
     inside_mac_frames: usize,
     flush: Flush,
@@ -596,21 +608,22 @@ fn measure_flush(mat: &Fabric, flat: &Fabric, size: Size, out: &mut Flush) -> Re
     thread::sleep(Duration::from_millis(500));
     let core = mat.core_switch();
     let wanted: BTreeSet<String> = [fmt_mac(&mat.peer_mac)].into();
-    let learned = || -> BTreeSet<String> {
-        mat.core.enter(|| {
-            core.open()
-                .learned()
+    // One handle throughout: opening a switch loads its object (tens of ms).
+    let (before, flushed, reconverged, after) = mat.core.enter(|| -> Result<_> {
+        let mut s = core.open();
+        let before = s.counters()?;
+        let flushed = s.flush()?;
+        let reconverged = reconverge(&wanted, || {
+            s.learned()
                 .expect("learned")
                 .into_iter()
                 .filter(|l| !l.expired)
                 .map(|l| l.mac)
                 .collect()
-        })
-    };
-    let before = mat.core.enter(|| core.open().counters())?;
-    out.mat_flushed = mat.core.enter(|| core.open().flush())?;
-    out.mat_reconverge_ms = reconverge(&wanted, learned);
-    let after = mat.core.enter(|| core.open().counters())?;
+        });
+        Ok((before, flushed, reconverged, s.counters()?))
+    })?;
+    (out.mat_flushed, out.mat_reconverge_ms) = (flushed, reconverged);
     out.mat_flooded = after.since(&before).flooded;
     drop(streams);
     check()?;
@@ -893,9 +906,10 @@ pub fn run(size: Size, keep_up: bool, json: Option<PathBuf>) -> Result<()> {
         .map(|(ns, p)| Capture::in_netns(ns, &p))
         .collect();
     let k = 2;
-    let (to_peer, cross, ok) = reachability(&mat, k);
+    let (to_peer, cross, ok, failed) = reachability(&mat, k);
     (r.pairs_to_peer, r.pairs_cross, r.pairs_tested, r.pairs_ok) =
         (to_peer, cross, to_peer + cross, ok);
+    r.pairs_failed = failed;
     for c in captures {
         let report = c.stop();
         r.inside_mac_frames += report
@@ -905,7 +919,7 @@ pub fn run(size: Size, keep_up: bool, json: Option<PathBuf>) -> Result<()> {
             .count();
     }
     check()?;
-    (_, _, r.flat_pairs_ok) = reachability(&flat, k);
+    (_, _, r.flat_pairs_ok, r.flat_pairs_failed) = reachability(&flat, k);
     check()?;
     let (core, tors) = mat.tables();
     r.core_entries_mat = core.entries();
@@ -1047,5 +1061,10 @@ fn print_report(r: &Report) {
             r.forwarding.mat_xdp_pps, r.forwarding.mat_xdp_tcp_gbps
         )
     );
+    for (fabric, failed) in [("MAT", &r.pairs_failed), ("flat", &r.flat_pairs_failed)] {
+        for pair in failed {
+            println!("{fabric}: no answer: {pair}");
+        }
+    }
     println!("finished in {:.1} s", r.total_s);
 }

@@ -468,10 +468,8 @@ fn reachability(f: &Fabric, k: usize) -> (usize, usize, usize, Vec<String>) {
                         ok.fetch_add(1, Ordering::SeqCst);
                     } else {
                         let vm = &f.vms[i];
-                        failed
-                            .lock()
-                            .expect("failed pairs")
-                            .push(format!("vm{i} ({}, rack {}) -> {ip}", vm.ip, vm.rack));
+                        let what = format!("vm{i} ({}, rack {}) -> {ip}", vm.ip, vm.rack);
+                        failed.lock().expect("failed pairs").push((i, ip, what));
                     }
                 })
             })
@@ -481,7 +479,21 @@ fn reachability(f: &Fabric, k: usize) -> (usize, usize, usize, Vec<String>) {
         }
         done.store(true, Ordering::SeqCst);
     });
-    let failed = failed.into_inner().expect("failed pairs");
+    // A failed pair once more, after the rush (a diagnosis, not counted): a transient failure
+    // answers now, a broken path does not.
+    let failed = failed
+        .into_inner()
+        .expect("failed pairs")
+        .into_iter()
+        .map(|(i, ip, what): (usize, Ipv4Addr, String)| {
+            let later = if ping_once(&f.vms[i].ns, ip) {
+                "answered on a retest after the others"
+            } else {
+                "no answer on a retest either"
+            };
+            format!("{what}: {later}")
+        })
+        .collect();
     (to_peer, pairs.len() - to_peer, ok.into_inner(), failed)
 }
 

@@ -65,8 +65,10 @@ pub fn switch_tc(ctx: TcContext) -> i32 {
     }
 }
 
-/// An XDP variant for the measurement only: unicast redirected in XDP (which delivers into a
-/// veth only when its peer has an XDP program), everything else passed on to [`switch_tc`].
+/// An XDP variant for the measurement only: unicast redirected in XDP, everything else passed on
+/// to [`switch_tc`]. It delivers into a veth only when its peer has an XDP program, and only
+/// frames whose sender computed the checksum: an `xdp_frame` carries no checksum state, so a
+/// UDP or TCP frame left to checksum offload arrives with a checksum the far stack drops.
 #[xdp]
 #[expect(
     clippy::needless_pass_by_value,

@@ -28,6 +28,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use mat_loader::mac::MacPrefix;
 use mat_switch::{RouteSpec, Switch};
 use mat_tests::{
     capture::Capture,
@@ -113,24 +114,50 @@ fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str, b_mac: Option<&Mac>) {
     b.ip(&["link", "set", b_if, "up"]);
 }
 
+/// A Linux bridge over `ports`. Multicast snooping off: with it on, the bridge joins the
+/// snoopers' group (224.0.0.106) and reports it with IGMP from its own MAC, which every switch
+/// above would learn (and this kernel's bridges flood multicast without a querier anyway).
 fn bridge(ns: &Netns, ports: &[String]) {
-    ns.ip(&["link", "add", "br0", "type", "bridge"]);
+    ns.ip(&[
+        "link",
+        "add",
+        "br0",
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "0",
+    ]);
     ns.ip(&["link", "set", "br0", "up"]);
     for p in ports {
         ns.ip(&["link", "set", p, "master", "br0"]);
     }
 }
 
-/// A namespace of the lab, with IPv6 on as in every real guest and switch: the fabric carries
-/// the VMs' Neighbor Discovery too.
+/// A namespace of the lab (VMs, the peer), with IPv6 on as in every real guest: the fabric
+/// carries their Neighbor Discovery too.
 fn netns(prefix: &str) -> Netns {
     Netns::new(prefix)
+}
+
+/// A namespace of the fabric's own devices (core, ToR, hypervisor: switch ports, bridges,
+/// uplinks): IPv6 off, as on a hypervisor's bridge and uplink, which need no address. With it
+/// on, each of them sends MLD reports and router solicitations from its own MAC, and the cores
+/// learn every bridge and uplink of the fabric.
+fn infra_netns(prefix: &str) -> Netns {
+    let ns = Netns::new(prefix);
+    ns.enter(|| {
+        for conf in ["all", "default"] {
+            let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+            std::fs::write(&path, "1").unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        }
+    });
+    ns
 }
 
 impl Fabric {
     fn build(size: Size, mat: bool) -> Result<Fabric> {
         let tag = if mat { "lm" } else { "lf" };
-        let core = netns(&format!("{tag}c"));
+        let core = infra_netns(&format!("{tag}c"));
         let peer = netns(&format!("{tag}p"));
         let peer_mac = random_inside_mac();
         veth(&core, "peer", &peer, "eth0", Some(&peer_mac));
@@ -149,12 +176,12 @@ impl Fabric {
         let mut core_ports = vec!["peer".to_owned()];
         for r in 0..size.racks {
             check()?;
-            let tor = netns(&format!("{tag}t"));
+            let tor = infra_netns(&format!("{tag}t"));
             veth(&f.core, &format!("r{r}"), &tor, "ul", None);
             core_ports.push(format!("r{r}"));
             let mut tor_ports = vec!["ul".to_owned()];
             for h in 0..size.hosts {
-                let hv = netns(&format!("{tag}h"));
+                let hv = infra_netns(&format!("{tag}h"));
                 veth(&tor, &format!("h{h}"), &hv, "ul", None);
                 tor_ports.push(format!("h{h}"));
                 bridge(&hv, &["ul".to_owned()]);
@@ -221,7 +248,9 @@ impl Fabric {
             let mac = random_inside_mac();
             let port = format!("p{i}");
             veth(&f.hvs[hv_i], &port, &ns, "eth0", Some(&mac));
-            f.hvs[hv_i].ip(&["link", "set", &port, "master", "br0"]);
+            // Down until attached: the guest's first frames (DAD, router solicitations) would
+            // carry its inside MAC onto the fabric.
+            f.hvs[hv_i].ip(&["link", "set", &port, "down", "master", "br0"]);
             let ip = vm_ip(i);
             ns.ip(&["addr", "add", &format!("{ip}{PREFIX}"), "dev", "eth0"]);
             if mat {
@@ -236,6 +265,7 @@ impl Fabric {
                     &ip.to_string(),
                 ]);
             }
+            f.hvs[hv_i].ip(&["link", "set", &port, "up"]);
             f.vms.push(Vm {
                 ns,
                 mac,
@@ -295,35 +325,60 @@ impl Fabric {
                 })?;
             }
         }
+        // Each ToR sends the whole pool up, too: with the default route alone, other racks'
+        // outside MACs would be outside every specific route and learned like a legacy host's.
+        for (r, tor) in self.tors.iter().enumerate() {
+            let pool: RouteSpec = RouteSpec {
+                vlan: 0,
+                prefix: POOL.parse().expect("the pool"),
+                port: "ul".into(),
+            };
+            let specs: Vec<RouteSpec> = (0..size.vlans)
+                .map(|v| RouteSpec {
+                    vlan: v as u16,
+                    ..pool.clone()
+                })
+                .collect();
+            let sw = self.tor_switch(r);
+            tor.enter(|| sw.open().add_routes(&specs))?;
+        }
         Ok(())
     }
 
-    /// Entries in the core's and each ToR's table: MAT: routes plus live learned MACs; flat:
-    /// the bridge's learned FDB entries.
-    fn tables(&self) -> (usize, Vec<usize>) {
-        if self.mat {
-            let count = |ns: &Netns, sw: &SwitchGuard| {
-                ns.enter(|| {
-                    let s = sw.open();
-                    let live = s
-                        .learned()
-                        .expect("learned")
-                        .iter()
-                        .filter(|l| !l.expired)
-                        .count();
-                    s.routes().expect("routes").len() + live
-                })
-            };
-            let tors = (0..self.tors.len())
-                .map(|r| count(&self.tors[r], self.tor_switch(r)))
-                .collect();
-            (count(&self.core, self.core_switch()), tors)
-        } else {
-            (
-                fdb(&self.core).len(),
-                self.tors.iter().map(|t| fdb(t).len()).collect(),
-            )
-        }
+    /// Entries in the core's and each ToR's table: MAT: routes and live learned MACs; flat:
+    /// the bridge's learned FDB entries (all learned).
+    fn tables(&self) -> (Table, Vec<Table>) {
+        let count = |ns: &Netns, sw: Option<&SwitchGuard>| match sw {
+            Some(sw) => ns.enter(|| {
+                let s = sw.open();
+                let learned = s.learned().expect("learned");
+                Table {
+                    routes: s.routes().expect("routes").len(),
+                    learned: learned.iter().filter(|l| !l.expired).count(),
+                }
+            }),
+            None => Table {
+                routes: 0,
+                learned: fdb(ns).len(),
+            },
+        };
+        let mat = self.mat;
+        let tors = (0..self.tors.len())
+            .map(|r| count(&self.tors[r], mat.then(|| self.tor_switch(r))))
+            .collect();
+        (count(&self.core, mat.then(|| self.core_switch())), tors)
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Table {
+    routes: usize,
+    learned: usize,
+}
+
+impl Table {
+    fn entries(self) -> usize {
+        self.routes + self.learned
     }
 }
 
@@ -342,25 +397,42 @@ fn fdb(ns: &Netns) -> BTreeSet<String> {
         .collect()
 }
 
+/// Pings `ip` from `ns` (one ping, else two more), then forgets `ns`'s neighbours (see
+/// [`PAIR_SPACING`]).
 fn ping_once(ns: &Netns, ip: Ipv4Addr) -> bool {
-    ns.command("ping")
-        .args(["-n", "-q", "-c", "1", "-W", "2"])
-        .arg(ip.to_string())
+    let script = format!(
+        "ping -n -q -c 1 -W 2 {ip} >/dev/null || ping -n -q -c 2 -i 0.2 -W 2 {ip} >/dev/null; \
+         ok=$?; ip neigh flush dev eth0; exit $ok"
+    );
+    ns.command("sh")
+        .args(["-c", &script])
         .output()
         .is_ok_and(|o| o.status.success())
-        || ns
-            .command("ping")
-            .args(["-n", "-q", "-c", "2", "-i", "0.2", "-W", "2"])
-            .arg(ip.to_string())
-            .output()
-            .is_ok_and(|o| o.status.success())
 }
 
-/// Every VM to the peer and to `k` VMs in other racks, 16 at a time: (tested, ok).
-fn reachability(f: &Fabric, k: usize) -> (usize, usize) {
-    let mut pairs: Vec<(usize, Ipv4Addr)> = Vec::new();
-    for (i, vm) in f.vms.iter().enumerate() {
-        pairs.push((i, PEER_IP));
+/// Pairs between VMs of different racks, at most: at scale a sample (every VM still reaches the
+/// peer), so that the run stays in minutes.
+const MAX_CROSS_PAIRS: usize = 256;
+/// New pairs start at most this often. Every ping adds an ARP entry at both ends, and the
+/// kernel's neighbour table is one for all namespaces (`gc_thresh3`, 1024 here, shared with
+/// whatever else runs), which cannot reclaim an entry while its timer runs (reachable, delay,
+/// probe: 10 s and more) or for 5 s after: at a thousand VMs the table overflows and pings fail
+/// for a reason the fabric has nothing to do with. Hence also: each VM forgets its neighbours
+/// after its ping, and the peer every [`NEIGH_FLUSH`].
+const PAIR_SPACING: Duration = Duration::from_millis(10);
+const NEIGH_FLUSH: Duration = Duration::from_millis(500);
+
+/// Every VM to the peer, and to `k` VMs in other racks (every VM's when that makes at most
+/// [`MAX_CROSS_PAIRS`], else that many spread over the VMs): (peer pairs, cross pairs, ok, the
+/// pairs that failed).
+fn reachability(f: &Fabric, k: usize) -> (usize, usize, usize, Vec<String>) {
+    let mut pairs: Vec<(usize, Ipv4Addr)> = (0..f.vms.len()).map(|i| (i, PEER_IP)).collect();
+    let to_peer = pairs.len();
+    let n = f.vms.len();
+    let senders = n.min(MAX_CROSS_PAIRS / k.max(1));
+    for s in 0..senders {
+        let i = s * n / senders.max(1);
+        let vm = &f.vms[i];
         let others: Vec<&Vm> = f.vms.iter().filter(|o| o.rack != vm.rack).collect();
         for j in 0..k.min(others.len()) {
             pairs.push((i, others[(i * 7 + j * 13) % others.len()].ip));
@@ -368,21 +440,61 @@ fn reachability(f: &Fabric, k: usize) -> (usize, usize) {
     }
     let ok = std::sync::atomic::AtomicUsize::new(0);
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let t0 = Instant::now();
+    let done = AtomicBool::new(false);
+    let failed = std::sync::Mutex::new(Vec::new());
     thread::scope(|s| {
-        for _ in 0..16 {
-            s.spawn(|| loop {
-                let n = next.fetch_add(1, Ordering::SeqCst);
-                let Some(&(i, ip)) = pairs.get(n) else { break };
-                if STOP.load(Ordering::SeqCst) {
-                    break;
-                }
-                if ping_once(&f.vms[i].ns, ip) {
-                    ok.fetch_add(1, Ordering::SeqCst);
-                }
-            });
+        s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                let _ = f
+                    .peer
+                    .command("ip")
+                    .args(["neigh", "flush", "dev", "eth0"])
+                    .output();
+                thread::sleep(NEIGH_FLUSH);
+            }
+        });
+        let workers: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(&(i, ip)) = pairs.get(n) else { break };
+                    if STOP.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let start = t0 + PAIR_SPACING * n as u32;
+                    thread::sleep(start.saturating_duration_since(Instant::now()));
+                    if ping_once(&f.vms[i].ns, ip) {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        let vm = &f.vms[i];
+                        let what = format!("vm{i} ({}, rack {}) -> {ip}", vm.ip, vm.rack);
+                        failed.lock().expect("failed pairs").push((i, ip, what));
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
         }
+        done.store(true, Ordering::SeqCst);
     });
-    (pairs.len(), ok.into_inner())
+    // A failed pair once more, after the rush (a diagnosis, not counted): a transient failure
+    // answers now, a broken path does not.
+    let failed = failed
+        .into_inner()
+        .expect("failed pairs")
+        .into_iter()
+        .map(|(i, ip, what): (usize, Ipv4Addr, String)| {
+            let later = if ping_once(&f.vms[i].ns, ip) {
+                "answered on a retest after the others"
+            } else {
+                "no answer on a retest either"
+            };
+            format!("{what}: {later}")
+        })
+        .collect();
+    (to_peer, pairs.len() - to_peer, ok.into_inner(), failed)
 }
 
 /// Fabric links: every port of the core and of every ToR.
@@ -402,7 +514,10 @@ fn fabric_ports(f: &Fabric, size: Size) -> Vec<(&Netns, String)> {
 struct Flush {
     mat_flooded: u64,
     flat_flooded: u64,
-    flat_reconverge_ms: u64,
+    /// Until the table again holds every MAC the running streams send to; `null`: not within
+    /// the window.
+    flat_reconverge_ms: Option<u64>,
+    mat_reconverge_ms: Option<u64>,
     mat_flushed: usize,
     flat_flushed: usize,
 }
@@ -420,7 +535,10 @@ struct Forwarding {
     flat_pps: f64,
     mat_tcp_gbps: f64,
     flat_tcp_gbps: f64,
-    /// The XDP unicast path (peers given an XDP program): measured, not the default.
+    /// The ends without checksum offload (see [`forwarding`]): TC, then the XDP unicast path
+    /// (the ends given an XDP program), which only works so. Measured, not the default.
+    mat_csum_off_pps: f64,
+    mat_csum_off_tcp_gbps: f64,
     mat_xdp_pps: f64,
     mat_xdp_tcp_gbps: f64,
 }
@@ -435,8 +553,17 @@ struct Report {
     core_entries_flat: usize,
     tor_entries_mat: Vec<usize>,
     tor_entries_flat: Vec<usize>,
+    /// Of the MAT entries above, the learned ones (the rest are routes).
+    core_learned_mat: usize,
+    tor_learned_mat: Vec<usize>,
     pairs_tested: usize,
     pairs_ok: usize,
+    /// Of the pairs tested: VM to the peer (every VM), VM to a VM of another rack.
+    pairs_to_peer: usize,
+    pairs_cross: usize,
+    /// The pairs that got no answer to three pings (`vmI (IP, rack R) -> IP`).
+    pairs_failed: Vec<String>,
+    flat_pairs_failed: Vec<String>,
     flat_pairs_ok: usize,
     inside_mac_frames: usize,
     flush: Flush,
@@ -448,77 +575,149 @@ struct Report {
 }
 
 /// Streams that cross the core while a table is flushed: one VM per rack to the peer and to a
-/// VM of the next rack. Returns the streams and the MACs they talk to.
-fn flush_streams(f: &Fabric, size: Size) -> Vec<PingStream> {
+/// VM of the next rack. Returns the streams and the VMs they involve (senders and receivers).
+fn flush_streams(f: &Fabric, size: Size) -> (Vec<PingStream>, BTreeSet<usize>) {
     let mut streams = Vec::new();
+    let mut vms = BTreeSet::new();
     for r in 0..size.racks {
-        let Some(a) = f.vms.iter().find(|v| v.rack == r) else {
+        let Some(a) = f.vms.iter().position(|v| v.rack == r) else {
             continue;
         };
-        streams.push(PingStream::start(&a.ns, PEER_IP));
+        streams.push(PingStream::start(&f.vms[a].ns, PEER_IP));
+        vms.insert(a);
         if let Some(b) = f
             .vms
             .iter()
-            .find(|v| v.rack == (r + 1) % size.racks && v.rack != r)
+            .position(|v| v.rack == (r + 1) % size.racks && v.rack != r)
         {
-            streams.push(PingStream::start(&a.ns, b.ip));
+            streams.push(PingStream::start(&f.vms[a].ns, f.vms[b].ip));
+            vms.insert(b);
         }
     }
-    streams
+    (streams, vms)
 }
 
-fn measure_flush(mat: &Fabric, flat: &Fabric, size: Size, out: &mut Flush) -> Result<()> {
-    // MAT: the core's learned table goes; its routes stay.
-    let streams = flush_streams(mat, size);
-    thread::sleep(Duration::from_millis(500));
-    let core = mat.core_switch();
-    let before = mat.core.enter(|| core.open().counters())?;
-    out.mat_flushed = mat.core.enter(|| core.open().flush())?;
-    thread::sleep(Duration::from_secs(1));
-    let after = mat.core.enter(|| core.open().counters())?;
-    out.mat_flooded = after.since(&before).flooded;
-    drop(streams);
-    check()?;
+/// How long the flush's effects are watched (flooded frames counted, tables polled).
+const FLUSH_WINDOW: Duration = Duration::from_secs(1);
 
-    // Flat: the core bridge's FDB goes. Flooded copies: unicast frames leaving a core port
-    // behind which their destination does not live.
-    let behind: BTreeMap<String, String> = flat
-        .vms
-        .iter()
-        .map(|v| (fmt_mac(&v.mac), format!("r{}", v.rack)))
-        .chain([(fmt_mac(&flat.peer_mac), "peer".to_owned())])
-        .collect();
-    let streams = flush_streams(flat, size);
-    thread::sleep(Duration::from_millis(500));
-    let wanted = fdb(&flat.core);
+/// Polls `present` (the MACs a table holds now) until it holds all of `wanted`: the time that
+/// took, or `None` within [`FLUSH_WINDOW`]. Returns after the whole window either way.
+fn reconverge(wanted: &BTreeSet<String>, present: impl Fn() -> BTreeSet<String>) -> Option<u64> {
+    let t0 = Instant::now();
+    let mut done = None;
+    while t0.elapsed() < FLUSH_WINDOW {
+        if done.is_none() && wanted.is_subset(&present()) {
+            done = Some(t0.elapsed().as_millis() as u64);
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    done
+}
+
+/// Unicast copies that left a core port behind which their destination does not live (a
+/// destination `behind` does not place is not counted), from captures on every core port
+/// while `during` runs.
+fn misdelivered<T>(
+    f: &Fabric,
+    size: Size,
+    behind: impl Fn(&Mac) -> Option<String>,
+    during: impl FnOnce() -> T,
+) -> (u64, T) {
     let ports: Vec<String> = std::iter::once("peer".to_owned())
         .chain((0..size.racks).map(|r| format!("r{r}")))
         .collect();
     let captures: Vec<(String, Capture)> = ports
         .iter()
-        .map(|p| (p.clone(), Capture::in_netns(&flat.core, p)))
+        .map(|p| (p.clone(), Capture::in_netns(&f.core, p)))
         .collect();
-    let flushed = fdb(&flat.core).len();
-    flat.core.exec("bridge", &["fdb", "flush", "dev", "br0"]);
-    let t0 = Instant::now();
-    let mut reconverged = None;
-    while t0.elapsed() < Duration::from_secs(2) {
-        let now = fdb(&flat.core);
-        if reconverged.is_none() && wanted.iter().all(|m| now.contains(m)) {
-            reconverged = Some(t0.elapsed());
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
-    out.flat_flushed = flushed;
-    out.flat_reconverge_ms = reconverged.map_or(2000, |d| d.as_millis() as u64);
+    let result = during();
+    let mut copies = 0;
     for (port, c) in captures {
         for frame in c.stop().outgoing() {
-            let a = frame.addrs();
-            if a.dst[0] & 1 == 0 && behind.get(&fmt_mac(&a.dst)).is_some_and(|p| *p != port) {
-                out.flat_flooded += 1;
+            let dst = frame.addrs().dst;
+            if dst[0] & 1 == 0 && behind(&dst).is_some_and(|p| p != port) {
+                copies += 1;
             }
         }
     }
+    (copies, result)
+}
+
+/// The seed's topology change: each core's table is flushed while streams run (the MAT core's
+/// learned MACs, its routes stay; the flat core's FDB). Counted on both alike: unicast copies
+/// sent where their destination is not ([`misdelivered`]) within [`FLUSH_WINDOW`], and the time
+/// until the table again holds every MAC the streams send to (unicast no longer flooded).
+fn measure_flush(mat: &Fabric, flat: &Fabric, size: Size, out: &mut Flush) -> Result<()> {
+    // MAT: of the streams' destinations (VMs' outside MACs, the peer's) only the peer's is
+    // learned; the rest is routed throughout. Where a MAC lives: the peer, else its route.
+    let core = mat.core_switch();
+    let routes: Vec<(MacPrefix, String)> = mat.core.enter(|| -> Result<_> {
+        Ok(core
+            .open()
+            .routes()?
+            .into_iter()
+            .filter_map(|r| Some((r.prefix.parse().ok()?, r.port)))
+            .collect())
+    })?;
+    let peer = mat.peer_mac;
+    let behind = |m: &Mac| {
+        if *m == peer {
+            return Some("peer".to_owned());
+        }
+        let (_, port) = routes
+            .iter()
+            .find(|(p, _)| p.contains(mat_loader::mac::Mac(*m)))?;
+        Some(port.clone())
+    };
+    let (streams, _) = flush_streams(mat, size);
+    thread::sleep(Duration::from_millis(500));
+    let wanted: BTreeSet<String> = [fmt_mac(&peer)].into();
+    let (copies, flushed) = misdelivered(mat, size, behind, || {
+        // One handle throughout: opening a switch loads its object (tens of ms).
+        mat.core.enter(|| -> Result<_> {
+            let mut s = core.open();
+            let flushed = s.flush()?;
+            let reconverged = reconverge(&wanted, || {
+                s.learned()
+                    .expect("learned")
+                    .into_iter()
+                    .filter(|l| !l.expired)
+                    .map(|l| l.mac)
+                    .collect()
+            });
+            Ok((flushed, reconverged))
+        })
+    });
+    (out.mat_flushed, out.mat_reconverge_ms) = flushed?;
+    out.mat_flooded = copies;
+    drop(streams);
+    check()?;
+
+    // Flat: the VMs' own MACs cross the fabric.
+    let behind: BTreeMap<Mac, String> = flat
+        .vms
+        .iter()
+        .map(|v| (v.mac, format!("r{}", v.rack)))
+        .chain([(flat.peer_mac, "peer".to_owned())])
+        .collect();
+    let (streams, vms) = flush_streams(flat, size);
+    let wanted: BTreeSet<String> = vms
+        .iter()
+        .map(|&i| fmt_mac(&flat.vms[i].mac))
+        .chain([fmt_mac(&flat.peer_mac)])
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    let (copies, ()) = misdelivered(
+        flat,
+        size,
+        |m| behind.get(m).cloned(),
+        || {
+            out.flat_flushed = fdb(&flat.core).len();
+            flat.core.exec("bridge", &["fdb", "flush", "dev", "br0"]);
+            out.flat_reconverge_ms = reconverge(&wanted, || fdb(&flat.core));
+        },
+    );
+    out.flat_flooded = copies;
     drop(streams);
     Ok(())
 }
@@ -538,10 +737,14 @@ fn measure_move(f: &mut Fabric, size: Size) -> Result<Move> {
     let (port, mac, ip) = (vm.port.clone(), fmt_mac(&vm.mac), vm.ip.to_string());
     let stream = PingStream::start(&f.peer, vm.ip);
     thread::sleep(Duration::from_millis(500));
+    // The port is down while no daemon translates it: a frame the VM sends in between (ND,
+    // ARP) would carry its inside MAC onto the fabric.
+    f.hvs[from].ip(&["link", "set", &port, "down"]);
     f.daemons[from].cli_ok(&["detach", "--vm", "vm0"]);
     f.hvs[from].ip(&["link", "set", &port, "netns", f.hvs[to].name()]);
-    f.hvs[to].ip(&["link", "set", &port, "master", "br0", "up"]);
+    f.hvs[to].ip(&["link", "set", &port, "master", "br0"]);
     f.daemons[to].cli_ok(&["attach", &port, "--mac", &mac, "--vm", "vm0", "--ip", &ip]);
+    f.hvs[to].ip(&["link", "set", &port, "up"]);
     thread::sleep(Duration::from_millis(1500));
     let (answered, missing) = stream.stop();
     f.vms[0].rack = size.racks - 1;
@@ -562,7 +765,12 @@ fn measure_move(f: &mut Fabric, size: Size) -> Result<Move> {
 
 /// iperf3 through one core-like box: client -- box -- server, the box a MAT switch (routes for
 /// both ends), the same with the XDP path, or a Linux bridge. (pps of 18-byte UDP, TCP Gbit/s.)
-fn forwarding(kind: &str, seconds: u32) -> Result<(f64, f64)> {
+/// `csum_off`: the ends compute their own checksums (`ethtool -K eth0 tx off`, which takes TSO
+/// with it). The XDP path needs that: a frame redirected in XDP becomes an `xdp_frame`, which
+/// carries no checksum state, so a frame sent with its checksum left to offload (all UDP and TCP
+/// over a veth) reaches the far stack with a checksum it drops: with offloads on, XDP delivers
+/// nothing but pings.
+fn forwarding(kind: &str, seconds: u32, csum_off: bool) -> Result<(f64, f64)> {
     let a = netns("lfa");
     let s = netns("lfs");
     let b = netns("lfb");
@@ -596,6 +804,11 @@ fn forwarding(kind: &str, seconds: u32) -> Result<(f64, f64)> {
         }
         Some(sw)
     };
+    if csum_off {
+        for ns in [&a, &b] {
+            ns.exec("ethtool", &["-K", "eth0", "tx", "off"]);
+        }
+    }
     let _server = b.spawn("iperf3", &["-s", "-B", "203.0.113.2", "-1"]);
     thread::sleep(Duration::from_millis(300));
     let run = |args: &[&str]| -> Result<serde_json::Value> {
@@ -749,7 +962,10 @@ pub fn run(size: Size, keep_up: bool, json: Option<PathBuf>) -> Result<()> {
         .map(|(ns, p)| Capture::in_netns(ns, &p))
         .collect();
     let k = 2;
-    (r.pairs_tested, r.pairs_ok) = reachability(&mat, k);
+    let (to_peer, cross, ok, failed) = reachability(&mat, k);
+    (r.pairs_to_peer, r.pairs_cross, r.pairs_tested, r.pairs_ok) =
+        (to_peer, cross, to_peer + cross, ok);
+    r.pairs_failed = failed;
     for c in captures {
         let report = c.stop();
         r.inside_mac_frames += report
@@ -759,10 +975,16 @@ pub fn run(size: Size, keep_up: bool, json: Option<PathBuf>) -> Result<()> {
             .count();
     }
     check()?;
-    (_, r.flat_pairs_ok) = reachability(&flat, k);
+    (_, _, r.flat_pairs_ok, r.flat_pairs_failed) = reachability(&flat, k);
     check()?;
-    (r.core_entries_mat, r.tor_entries_mat) = mat.tables();
-    (r.core_entries_flat, r.tor_entries_flat) = flat.tables();
+    let (core, tors) = mat.tables();
+    r.core_entries_mat = core.entries();
+    r.core_learned_mat = core.learned;
+    r.tor_entries_mat = tors.iter().map(|t| t.entries()).collect();
+    r.tor_learned_mat = tors.iter().map(|t| t.learned).collect();
+    let (core, tors) = flat.tables();
+    r.core_entries_flat = core.entries();
+    r.tor_entries_flat = tors.iter().map(|t| t.entries()).collect();
 
     // 3: flush the cores while traffic runs.
     measure_flush(&mat, &flat, size, &mut r.flush)?;
@@ -773,9 +995,11 @@ pub fn run(size: Size, keep_up: bool, json: Option<PathBuf>) -> Result<()> {
     drop(flat);
     // 5: forwarding cost of one core box.
     let secs = 2;
-    (r.forwarding.mat_pps, r.forwarding.mat_tcp_gbps) = forwarding("mat", secs)?;
-    (r.forwarding.flat_pps, r.forwarding.flat_tcp_gbps) = forwarding("flat", secs)?;
-    (r.forwarding.mat_xdp_pps, r.forwarding.mat_xdp_tcp_gbps) = forwarding("xdp", secs)?;
+    let fw = &mut r.forwarding;
+    (fw.mat_pps, fw.mat_tcp_gbps) = forwarding("mat", secs, false)?;
+    (fw.flat_pps, fw.flat_tcp_gbps) = forwarding("flat", secs, false)?;
+    (fw.mat_csum_off_pps, fw.mat_csum_off_tcp_gbps) = forwarding("mat", secs, true)?;
+    (fw.mat_xdp_pps, fw.mat_xdp_tcp_gbps) = forwarding("xdp", secs, true)?;
     r.total_s = start.elapsed().as_secs_f64();
 
     print_report(&r);
@@ -806,43 +1030,58 @@ fn print_report(r: &Report) {
         "built {} racks x {} hypervisors x {} VMs in {} VLAN(s), twice, in {:.1} s",
         r.racks, r.hosts_per_rack, r.vms, r.vlans, r.build_s
     );
-    println!("{:<38} {:>16} {:>16}", "", "MAT fabric", "flat L2");
+    println!("{:<42} {:>16} {:>16}", "", "MAT fabric", "flat L2");
     println!(
-        "{:<38} {:>16} {:>16}",
+        "{:<42} {:>16} {:>16}",
         "core table entries", r.core_entries_mat, r.core_entries_flat
     );
     println!(
-        "{:<38} {:>16} {:>16}",
+        "{:<42} {:>16} {:>16}",
         "ToR table entries (per rack)",
         list(&r.tor_entries_mat),
         list(&r.tor_entries_flat)
     );
     println!(
-        "{:<38} {:>16} {:>16}",
-        "pairs reached (VM->peer, VM->other rack)",
+        "{:<42} {:>16} {:>16}",
+        "  learned, core | ToRs (rest: routes)",
+        format!("{} | {}", r.core_learned_mat, list(&r.tor_learned_mat)),
+        "all"
+    );
+    println!(
+        "{:<42} {:>16} {:>16}",
+        format!(
+            "pairs reached ({} VM->peer, {} x-rack)",
+            r.pairs_to_peer, r.pairs_cross
+        ),
         format!("{}/{}", r.pairs_ok, r.pairs_tested),
         format!("{}/{}", r.flat_pairs_ok, r.pairs_tested)
     );
     println!(
-        "{:<38} {:>16} {:>16}",
+        "{:<42} {:>16} {:>16}",
         "frames with an inside MAC on fabric", r.inside_mac_frames, "-"
     );
     println!(
-        "{:<38} {:>16} {:>16}",
+        "{:<42} {:>16} {:>16}",
         "core flush: entries flushed", r.flush.mat_flushed, r.flush.flat_flushed
     );
     println!(
-        "{:<38} {:>16} {:>16}",
-        "  frames flooded (1 s, traffic running)", r.flush.mat_flooded, r.flush.flat_flooded
+        "{:<42} {:>16} {:>16}",
+        "  unicast copies to a wrong port (1 s)", r.flush.mat_flooded, r.flush.flat_flooded
+    );
+    let ms = |v: Option<u64>| {
+        v.map_or_else(
+            || format!("> {} ms", FLUSH_WINDOW.as_millis()),
+            |m| format!("{m} ms"),
+        )
+    };
+    println!(
+        "{:<42} {:>16} {:>16}",
+        "  until unicast is no longer flooded",
+        ms(r.flush.mat_reconverge_ms),
+        ms(r.flush.flat_reconverge_ms)
     );
     println!(
-        "{:<38} {:>16} {:>16}",
-        "  until the table is whole again",
-        "routes stay",
-        format!("{} ms", r.flush.flat_reconverge_ms)
-    );
-    println!(
-        "{:<38} {:>16} {:>16}",
+        "{:<42} {:>16} {:>16}",
         "VM moved across racks (10 ms pings)",
         format!(
             "{}/{} lost, {} ms",
@@ -851,24 +1090,37 @@ fn print_report(r: &Report) {
         "-"
     );
     println!(
-        "{:<38} {:>16} {:>16}",
+        "{:<42} {:>16} {:>16}",
         "core box: UDP 18 B, packets/s",
         format!("{:.0}", r.forwarding.mat_pps),
         format!("{:.0}", r.forwarding.flat_pps)
     );
     println!(
-        "{:<38} {:>16} {:>16}",
+        "{:<42} {:>16} {:>16}",
         "core box: TCP Gbit/s",
         format!("{:.2}", r.forwarding.mat_tcp_gbps),
         format!("{:.2}", r.forwarding.flat_tcp_gbps)
     );
     println!(
-        "{:<38} {:>16}",
-        "  MAT with the XDP path: pps, TCP",
+        "{:<42} {:>16}",
+        "  ends' checksum offload off: TC pps, TCP",
+        format!(
+            "{:.0}, {:.2}",
+            r.forwarding.mat_csum_off_pps, r.forwarding.mat_csum_off_tcp_gbps
+        )
+    );
+    println!(
+        "{:<42} {:>16}",
+        "                       XDP path pps, TCP",
         format!(
             "{:.0}, {:.2}",
             r.forwarding.mat_xdp_pps, r.forwarding.mat_xdp_tcp_gbps
         )
     );
+    for (fabric, failed) in [("MAT", &r.pairs_failed), ("flat", &r.flat_pairs_failed)] {
+        for pair in failed {
+            println!("{fabric}: no answer: {pair}");
+        }
+    }
     println!("finished in {:.1} s", r.total_s);
 }

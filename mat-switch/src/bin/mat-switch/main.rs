@@ -42,7 +42,8 @@ enum Cmd {
         /// Learned MACs not seen for this long are forgotten.
         #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
         ageing: Duration,
-        /// Also attach the XDP unicast path (for measurements; peers need an XDP program).
+        /// Also attach the XDP unicast path (for measurements; the far ends need an XDP program
+        /// and no checksum offload).
         #[arg(long)]
         xdp: bool,
     },

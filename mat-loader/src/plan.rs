@@ -163,8 +163,8 @@ impl Plan {
     }
 
     /// The aggregate MAC routes this host's rack needs: in the core, `pool/rack` towards the rack;
-    /// in the rack's top-of-rack switch, `pool/rack/host` towards this host (and its default MAC
-    /// route towards the core). One set per VLAN when VLANs are configured.
+    /// in the rack's top-of-rack switch, `pool/rack/host` towards this host, and the pool and the
+    /// default MAC route towards the core. One set per VLAN when VLANs are configured.
     pub fn routes(&self) -> Vec<Route> {
         let vlans: Vec<Option<u16>> = if self.vlans.is_empty() {
             vec![None]
@@ -187,6 +187,16 @@ impl Plan {
                 via: format!("host {}", self.host),
                 rack: self.rack,
                 host: Some(self.host),
+                vlan,
+            });
+            // The whole pool up to the core: without it other racks' outside MACs fall under
+            // no specific route at the ToR and are learned one by one, like a legacy host's.
+            out.push(Route {
+                scope: Scope::Tor,
+                prefix: self.pool,
+                via: "core".into(),
+                rack: self.rack,
+                host: None,
                 vlan,
             });
             out.push(Route {
@@ -336,10 +346,12 @@ mod tests {
         )
         .unwrap();
         let r = p.routes();
-        assert_eq!(r.len(), 6);
+        assert_eq!(r.len(), 8);
         assert_eq!(r[0].vlan, Some(10));
         assert_eq!(r[0].scope, Scope::Core);
         assert_eq!(r[0].prefix.to_string(), "02:00:5e:01:00:00/32");
-        assert_eq!(r[3].vlan, Some(20));
+        assert_eq!(r[2].scope, Scope::Tor);
+        assert_eq!(r[2].prefix.to_string(), "02:00:5e:00:00:00/24");
+        assert_eq!(r[4].vlan, Some(20));
     }
 }

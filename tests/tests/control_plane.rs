@@ -588,7 +588,7 @@ fn plan_validation_routes_and_config_file() {
     let d = Daemon::start(&ns, &["--config", cfg.to_str().unwrap(), "--host", "3"]);
     let routes = d.cli_json(&["routes"]);
     let routes = routes["routes"].as_array().unwrap();
-    assert_eq!(routes.len(), 6, "{routes:?}");
+    assert_eq!(routes.len(), 8, "{routes:?}");
     let core: Vec<(&str, u64)> = routes
         .iter()
         .filter(|r| r["scope"] == "core")

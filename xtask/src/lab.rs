@@ -325,23 +325,6 @@ impl Fabric {
                 })?;
             }
         }
-        // Each ToR sends the whole pool up, too: with the default route alone, other racks'
-        // outside MACs would be outside every specific route and learned like a legacy host's.
-        for (r, tor) in self.tors.iter().enumerate() {
-            let pool: RouteSpec = RouteSpec {
-                vlan: 0,
-                prefix: POOL.parse().expect("the pool"),
-                port: "ul".into(),
-            };
-            let specs: Vec<RouteSpec> = (0..size.vlans)
-                .map(|v| RouteSpec {
-                    vlan: v as u16,
-                    ..pool.clone()
-                })
-                .collect();
-            let sw = self.tor_switch(r);
-            tor.enter(|| sw.open().add_routes(&specs))?;
-        }
         Ok(())
     }
 

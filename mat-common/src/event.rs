@@ -11,6 +11,29 @@ pub enum EventKind {
     Active = 2,
     /// A VM's Neighbor Discovery claimed an IPv6 address for its inside MAC (`ipv6` holds it).
     Learned6 = 3,
+    /// A frame was dropped, reported while `mat monitor` watches: a [`DropEvent`], not an
+    /// [`Event`].
+    Dropped = 4,
+}
+
+/// Bytes of a dropped frame's head a [`DropEvent`] carries.
+pub const DROP_HEAD: usize = 64;
+
+/// A dropped frame ([`EventKind::Dropped`]): where, why, and its first bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropEvent {
+    /// [`EventKind::Dropped`] as u32, where [`Event::kind`] sits.
+    pub kind: u32,
+    pub ifindex: u32,
+    /// A [`crate::counters::Hook`] and the [`crate::counters::Outcome`] that dropped it.
+    pub hook: u8,
+    pub outcome: u8,
+    /// The frame's length, and how many of its bytes `head` holds.
+    pub len: u16,
+    pub captured: u16,
+    pub _pad: [u8; 2],
+    pub head: [u8; DROP_HEAD],
 }
 
 #[repr(C)]
@@ -34,6 +57,7 @@ impl Event {
             1 => Some(EventKind::Learned),
             2 => Some(EventKind::Active),
             3 => Some(EventKind::Learned6),
+            4 => Some(EventKind::Dropped),
             _ => None,
         }
     }

@@ -94,6 +94,9 @@ pub struct Settings {
 /// DHCPv4: translate chaddr (inside -> outside in requests, back in replies) instead of keeping
 /// it and setting the broadcast flag.
 pub const SETTING_DHCP_TRANSLATE: u32 = 1;
+/// Report dropped frames through the event ring ([`crate::event::DropEvent`]): set while a
+/// `mat monitor` watches, so that a drop costs one more branch when nobody does.
+pub const SETTING_MONITOR: u32 = 2;
 
 /// Set by the control plane on a from-VM binding: the next frame from the VM raises an
 /// [`crate::event::EventKind::Active`] event (the VM runs: time to announce it) and clears the flag.

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_RECOMPUTE_CSUM},
-    helpers::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     programs::{TcContext, XdpContext},
 };
 
@@ -24,6 +24,8 @@ pub trait Frame {
     /// offsets come from the frame, and a helper checks them at run time, which keeps the
     /// verifier's work small.
     fn load8(&self, offset: usize) -> Option<u64>;
+    /// Copies the frame's first bytes into `head` (as many as fit); returns how many.
+    fn load_head(&self, head: *mut u8, room: usize) -> usize;
     /// Writes the 8 bytes at `offset`.
     fn store8(&mut self, offset: usize, v: u64) -> bool;
     /// Writes the 2 bytes at `offset`.
@@ -88,6 +90,19 @@ impl Frame for Tc {
         self.0.load::<u64>(offset).ok()
     }
     #[inline(always)]
+    fn load_head(&self, head: *mut u8, room: usize) -> usize {
+        // 1..=room, in a form the verifier bounds (the helper takes no empty copy): a frame
+        // shorter than one byte makes the helper fail instead.
+        let n = self.len().wrapping_sub(1).min(room - 1) + 1;
+        // SAFETY: the helper writes `n` <= `room` bytes at `head`.
+        let r = unsafe { bpf_skb_load_bytes(self.0.skb.skb.cast(), 0, head.cast(), n as u32) };
+        if r == 0 {
+            n
+        } else {
+            0
+        }
+    }
+    #[inline(always)]
     fn store8(&mut self, offset: usize, v: u64) -> bool {
         self.0
             .store(offset, &v, u64::from(BPF_F_RECOMPUTE_CSUM))
@@ -150,6 +165,21 @@ impl Frame for Xdp {
         // SAFETY: the helper writes at most 8 bytes into `v`.
         let r = unsafe { bpf_xdp_load_bytes(self.0.ctx, offset as u32, (&raw mut v).cast(), 8) };
         (r == 0).then_some(v)
+    }
+    #[inline(always)]
+    fn load_head(&self, head: *mut u8, room: usize) -> usize {
+        // The buffer's length from the kernel: a scalar (data_end - data is pointer arithmetic
+        // that LLVM may rearrange into what the verifier refuses).
+        // SAFETY: a helper that only reads the context.
+        let len = unsafe { bpf_xdp_get_buff_len(self.0.ctx) } as usize;
+        let n = len.wrapping_sub(1).min(room - 1) + 1;
+        // SAFETY: the helper writes `n` <= `room` bytes at `head`.
+        let r = unsafe { bpf_xdp_load_bytes(self.0.ctx, 0, head.cast(), n as u32) };
+        if r == 0 {
+            n
+        } else {
+            0
+        }
     }
     #[inline(always)]
     fn store8(&mut self, offset: usize, mut v: u64) -> bool {

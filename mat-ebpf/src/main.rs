@@ -32,7 +32,8 @@ use mat_common::counters::{Hook, Outcome};
 pub fn port_from_vm(ctx: TcContext) -> i32 {
     let mut f = Tc(ctx);
     let port = Port::new(f.ifindex());
-    tc_verdict(Hook::PortFromVmTc, rules::from_vm(&mut f, &port))
+    let outcome = rules::from_vm(&mut f, &port);
+    tc_verdict(&f, Hook::PortFromVmTc, outcome)
 }
 
 /// Frames to a VM, at the TC egress of its port.
@@ -40,7 +41,8 @@ pub fn port_from_vm(ctx: TcContext) -> i32 {
 pub fn port_to_vm(ctx: TcContext) -> i32 {
     let mut f = Tc(ctx);
     let port = Port::new(f.ifindex());
-    tc_verdict(Hook::PortToVmTc, rules::to_vm(&mut f, &port))
+    let outcome = rules::to_vm(&mut f, &port);
+    tc_verdict(&f, Hook::PortToVmTc, outcome)
 }
 
 /// Frames from a VM, in XDP on its port (an explicit option: native XDP on a veth turns off TSO
@@ -49,21 +51,24 @@ pub fn port_to_vm(ctx: TcContext) -> i32 {
 pub fn port_from_vm_xdp(ctx: XdpContext) -> u32 {
     let mut f = Xdp(ctx);
     let port = Port::new(f.ifindex());
-    xdp_verdict(Hook::PortFromVmXdp, rules::from_vm(&mut f, &port))
+    let outcome = rules::from_vm(&mut f, &port);
+    xdp_verdict(&f, Hook::PortFromVmXdp, outcome)
 }
 
 /// Frames towards the network, at the TC egress of the uplink; keyed by MAC only.
 #[classifier]
 pub fn uplink_out(ctx: TcContext) -> i32 {
     let mut f = Tc(ctx);
-    tc_verdict(Hook::UplinkOutTc, rules::from_vm(&mut f, &Uplink))
+    let outcome = rules::from_vm(&mut f, &Uplink);
+    tc_verdict(&f, Hook::UplinkOutTc, outcome)
 }
 
 /// Frames from the network, in XDP on the uplink; keyed by MAC only.
 #[xdp]
 pub fn uplink_in(ctx: XdpContext) -> u32 {
     let mut f = Xdp(ctx);
-    xdp_verdict(Hook::UplinkInXdp, rules::to_vm(&mut f, &Uplink))
+    let outcome = rules::to_vm(&mut f, &Uplink);
+    xdp_verdict(&f, Hook::UplinkInXdp, outcome)
 }
 
 /// Benchmark floor: an XDP program that does nothing, to subtract from MAT's per-packet cost.
@@ -79,9 +84,10 @@ pub fn floor_tc(_ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn tc_verdict(hook: Hook, outcome: Outcome) -> i32 {
+fn tc_verdict(f: &Tc, hook: Hook, outcome: Outcome) -> i32 {
     maps::count(hook, outcome);
     if outcome.drops() {
+        maps::report_drop(f, hook, outcome);
         TC_ACT_SHOT
     } else {
         TC_ACT_OK
@@ -89,9 +95,10 @@ fn tc_verdict(hook: Hook, outcome: Outcome) -> i32 {
 }
 
 #[inline(always)]
-fn xdp_verdict(hook: Hook, outcome: Outcome) -> u32 {
+fn xdp_verdict(f: &Xdp, hook: Hook, outcome: Outcome) -> u32 {
     maps::count(hook, outcome);
     if outcome.drops() {
+        maps::report_drop(f, hook, outcome);
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS

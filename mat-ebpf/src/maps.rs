@@ -8,17 +8,17 @@ use aya_ebpf::{
 };
 use mat_common::{
     counters::{self, Hook, Outcome},
-    event::{Event, EventKind},
+    event::{DropEvent, Event, EventKind, DROP_HEAD},
     maps::{
         Binding, BindingKey, PortSlot, Settings, BINDING_ANNOUNCE, EVENTS_BYTES, MAX_BINDINGS,
-        PORT_OVERFLOW_ENTRIES, PORT_SLOTS,
+        PORT_OVERFLOW_ENTRIES, PORT_SLOTS, SETTING_MONITOR,
     },
     pool::{Pools, MAX_POOLS},
 };
 
 use core::ptr::addr_of_mut;
 
-use crate::mac::Mac;
+use crate::{frame::Frame, mac::Mac};
 
 #[map(name = "MAT_FROM_VM")]
 static FROM_VM: HashMap<BindingKey, Binding> = HashMap::pinned(MAX_BINDINGS, 0);
@@ -181,4 +181,34 @@ fn notify(kind: EventKind, ifindex: u32, inside: Mac, ipv4: [u8; 4], ipv6: [u8; 
     unsafe { inside.write(event.mac.as_mut_ptr()) };
     // A full ring loses the event; the control plane also reads the learned map.
     let _ = EVENTS.output::<Event>(&event, 0);
+}
+
+/// Reports a dropped frame to `mat monitor`, only while one watches (the settings flag). Rate
+/// limited by the ring itself: nothing is queued while a quarter of it is unread (a flood, the
+/// control plane behind); the counters still count every drop.
+#[inline(always)]
+pub fn report_drop<F: Frame>(f: &F, hook: Hook, outcome: Outcome) {
+    if settings() & SETTING_MONITOR == 0 {
+        return;
+    }
+    // BPF_RB_AVAIL_DATA: bytes written and not yet read.
+    if EVENTS.query(0) > u64::from(EVENTS_BYTES / 4) {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` is the reserved record, written field by field before it is submitted.
+    unsafe {
+        (*e).kind = EventKind::Dropped as u32;
+        (*e).ifindex = f.ifindex();
+        (*e).hook = hook as u8;
+        (*e).outcome = outcome as u8;
+        (*e).len = f.len() as u16;
+        (*e)._pad = [0; 2];
+        let head = addr_of_mut!((*e).head).cast::<u8>();
+        (*e).captured = f.load_head(head, DROP_HEAD) as u16;
+    }
+    entry.submit(0);
 }

@@ -99,6 +99,17 @@ impl Client {
         serde_json::from_str(&reply).map_err(|error| Error::Reply { reply, error })
     }
 
+    /// Sends a streaming request (`monitor`): after the daemon's first reply (ok, or the
+    /// refusal), the connection carries one JSON line per record, with no time limit, until
+    /// either side closes it.
+    pub fn stream(mut self, req: &Request) -> Result<BufReader<UnixStream>, Error> {
+        if let Reply::Error(ErrorBody { code, message }) = self.reply(req)? {
+            return Err(Error::Refused(Refusal::new(code, message)));
+        }
+        self.stream.set_read_timeout(None)?;
+        Ok(self.reader)
+    }
+
     /// Sends one request and returns its typed result, or the refusal.
     pub fn call<T: DeserializeOwned>(&mut self, req: &Request) -> Result<T, Error> {
         match self.reply(req)? {

@@ -35,6 +35,7 @@ use crate::{
     duplicates,
     host::{self, Attach, Host},
     mac::Mac,
+    monitor,
     plan::Plan,
     ports::{self, LinkEvent, Links, VmPorts},
     proto::{self, Reply, Request, IDLE, MAX_LINE},
@@ -84,6 +85,7 @@ struct Ctx {
     links: Links,
     announcer: Arc<Announcer>,
     dups: Arc<duplicates::Watcher>,
+    monitor: monitor::Hub,
 }
 
 impl Ctx {
@@ -95,6 +97,9 @@ impl Ctx {
 
     /// Announces from a binding for as long as it stays bound.
     fn announce(self: &Arc<Self>, a: crate::announce::Announce) {
+        if self.monitor.watched() {
+            self.monitor.publish(monitor::announce_record(&a));
+        }
         let ctx = self.clone();
         self.announcer.announce(a, move |ifindex, outside| {
             ctx.host().is_bound(ifindex, outside)
@@ -194,6 +199,7 @@ pub async fn run(opts: Options) -> Result<()> {
             Announcer::new(links.clone()).context("opening a packet socket for gratuitous ARP")?,
         ),
         links,
+        monitor: monitor::Hub::default(),
     });
     {
         let host = ctx.host();
@@ -426,6 +432,10 @@ async fn serve(stream: UnixStream, ctx: Arc<Ctx>) {
             return;
         }
         let reply = match proto::parse_request(&buf) {
+            Ok(Request::Monitor { types }) => {
+                watch(rd, wr, ctx, types).await;
+                return;
+            }
             Err(e) => Reply::refused(Refusal::new(Code::BadRequest, format!("bad request: {e}"))),
             Ok(req) => {
                 let (op, started) = (req.op(), Instant::now());
@@ -511,6 +521,11 @@ async fn handle(req: Request, ctx: &Arc<Ctx>) -> Result<Reply, Refusal> {
             (plan.mode, plan.duplicates, plan.recent_duplicates) = mode_and_duplicates(ctx, mode);
             Reply::ok(&plan)
         }
+        // Served by `serve` on the connection itself: a stream, not a reply.
+        Request::Monitor { .. } => Reply::refused(Refusal::new(
+            Code::BadRequest,
+            "monitor is a stream: send it first on a connection of its own",
+        )),
         Request::Doctor {} => {
             let mut view = with_host(ctx, |h| h.doctor()).await?;
             let since = host::now_ms().saturating_sub(crate::doctor::DUPLICATE_RECENT_MS);
@@ -536,6 +551,91 @@ async fn handle(req: Request, ctx: &Arc<Ctx>) -> Result<Reply, Refusal> {
                 .map_err(|e| Refusal::internal(format!("{e:#}")))?,
         ),
     })
+}
+
+/// A `monitor` connection: ok, then one line per record of the kinds asked for (all when none
+/// is named), until the watcher closes it. The first watcher turns the data plane's drop reports
+/// on, the last one off. Once a second, drops the counters counted but no record showed (the
+/// rate limits) are reported as one `suppressed` record.
+async fn watch(
+    mut rd: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+    ctx: Arc<Ctx>,
+    types: Vec<monitor::Kind>,
+) {
+    let (mut rx, first) = ctx.monitor.join();
+    let on = if first {
+        with_host(&ctx, |h| h.set_monitor(true)).await
+    } else {
+        Ok(())
+    };
+    let started = on.is_ok();
+    let opening = match on {
+        Ok(()) => Reply::ok(&serde_json::json!({})),
+        Err(r) => Reply::refused(r),
+    };
+    let drops = |ctx: &Ctx| -> u64 {
+        ctx.host().counters().map_or(0, |c| {
+            c.nonzero()
+                .iter()
+                .filter(|(_, o, _)| o.drops())
+                .map(|(_, _, n)| n)
+                .sum()
+        })
+    };
+    let wants =
+        |k: Option<monitor::Kind>| types.is_empty() || k.is_some_and(|k| types.contains(&k));
+    let base = drops(&ctx);
+    let (mut counted, mut shown, mut told) = (0u64, 0u64, 0u64);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ok = wr.write_all(opening.line().as_bytes()).await.is_ok() && started;
+    let mut byte = [0u8; 1];
+    while ok {
+        let record = tokio::select! {
+            r = rx.recv() => match r {
+                Ok(r) => {
+                    if matches!(r, monitor::Record::Drop { .. }) {
+                        shown += 1;
+                    }
+                    if !wants(r.kind()) {
+                        continue;
+                    }
+                    r
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    // Records this watcher was too slow for: drops among them are told below.
+                    debug!(missed = n, "a monitor fell behind");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            _ = tick.tick() => {
+                // Counted by the previous tick: their records had a second to arrive.
+                let missing = counted.saturating_sub(shown + told);
+                counted = drops(&ctx).saturating_sub(base);
+                if missing == 0 || !wants(Some(monitor::Kind::Drop)) {
+                    continue;
+                }
+                told += missing;
+                monitor::Record::Suppressed { drops: missing }
+            }
+            // The watcher closed its end (it sends nothing after its request).
+            n = rd.read(&mut byte) => {
+                if matches!(n, Ok(0) | Err(_)) {
+                    break;
+                }
+                continue;
+            }
+        };
+        let mut line = serde_json::to_string(&record).expect("records serialize");
+        line.push('\n');
+        ok = wr.write_all(line.as_bytes()).await.is_ok();
+    }
+    if ctx.monitor.leave() {
+        if let Err(e) = with_host(&ctx, |h| h.set_monitor(false)).await {
+            warn!(error = %e, "turning the data plane's drop reports off");
+        }
+    }
 }
 
 /// One scrape of the metrics: the same stats as `mat stats` and the same plan as `mat plan`.
@@ -616,9 +716,12 @@ async fn watch_events(ring: crate::EventRing, ctx: Arc<Ctx>) {
         // Clear first: an event arriving while we drain makes it ready again.
         guard.clear_ready();
         let mut batch = Vec::new();
+        let mut drops = Vec::new();
         let mut short = 0;
         guard.get_inner_mut().drain(|item| {
-            if item.len() >= size_of::<Event>() {
+            if let Some(r) = monitor::drop_record(item) {
+                drops.push(r);
+            } else if item.len() >= size_of::<Event>() {
                 // SAFETY: the item holds at least one Event, a plain repr(C) type; unaligned read.
                 batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
             } else {
@@ -627,15 +730,25 @@ async fn watch_events(ring: crate::EventRing, ctx: Arc<Ctx>) {
         });
         drop(guard);
         let unknown = batch.iter().filter(|ev| ev.kind().is_none()).count() as u64;
-        crate::metrics::events(batch.len() as u64 - unknown, short + unknown);
+        crate::metrics::events(
+            (batch.len() + drops.len()) as u64 - unknown,
+            short + unknown,
+        );
+        for r in drops {
+            ctx.monitor.publish(r);
+        }
         for ev in batch {
             let learned = match ev.kind() {
                 Some(EventKind::Learned) => Some(IpAddr::from(ev.ipv4)),
                 Some(EventKind::Learned6) => Some(IpAddr::from(ev.ipv6)),
                 Some(EventKind::Active) => None,
-                None => continue,
+                Some(EventKind::Dropped) | None => continue,
             };
             let mac = Mac(ev.mac);
+            if let (Some(ip), true) = (learned, ctx.monitor.watched()) {
+                ctx.monitor
+                    .publish(monitor::learn_record(ev.ifindex, mac, ip));
+            }
             debug!(ifindex = ev.ifindex, %mac, ?learned, "data-plane event");
             let announce = ctx.host().on_event(ev.ifindex, mac, learned);
             if let Some(a) = announce {

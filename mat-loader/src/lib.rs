@@ -31,6 +31,7 @@ pub mod libvirt_events;
 pub mod libvirt_xml;
 pub mod mac;
 pub mod metrics;
+pub mod monitor;
 pub mod paths;
 pub mod plan;
 pub mod ports;

@@ -21,6 +21,7 @@
 //! {"op":"release_port","port":"tap0"}          (take MAT's programs off an unbound port)
 //! {"op":"doctor"}                               (the daemon's checks for `mat doctor`)
 //! {"op":"decode","mac":"02:00:5e:01:03:00"}     (whose is this outside MAC?)
+//! {"op":"monitor","types":["drop"]}             (a stream of records: `mat monitor`)
 //! ```
 //!
 //! `attach` also takes `"force": true` for a port that is not a tap or a veth (see
@@ -122,6 +123,12 @@ pub enum Request {
     Decode {
         mac: String,
     },
+    /// A stream: `{"ok":{}}`, then one [`crate::monitor::Record`] per line (of these kinds; none
+    /// named: all) until the client closes the connection.
+    Monitor {
+        #[serde(default)]
+        types: Vec<crate::monitor::Kind>,
+    },
 }
 
 impl Request {
@@ -138,6 +145,7 @@ impl Request {
             Request::ReleasePort { .. } => "release_port",
             Request::Doctor {} => "doctor",
             Request::Decode { .. } => "decode",
+            Request::Monitor { .. } => "monitor",
         }
     }
 }

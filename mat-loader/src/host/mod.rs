@@ -25,7 +25,10 @@ use crate::{
     alloc::{Released, Source},
     announce::{self, Announce},
     common::{
-        maps::{BINDING_ANNOUNCE, BINDING_PORT_SECURITY, SETTING_DHCP_TRANSLATE, UPLINK_IFINDEX},
+        maps::{
+            BINDING_ANNOUNCE, BINDING_PORT_SECURITY, SETTING_DHCP_TRANSLATE, SETTING_MONITOR,
+            UPLINK_IFINDEX,
+        },
         pool::PoolPrefix,
     },
     mac::Mac,
@@ -103,6 +106,8 @@ pub struct Host {
     /// Uplink mode, and the uplink's index once its programs are attached.
     uplink: Option<Uplink>,
     uplink_ifindex: Option<u32>,
+    /// The data plane's `SETTING_*` flags.
+    settings: u32,
 }
 
 pub fn now_ms() -> u64 {
@@ -185,12 +190,14 @@ impl Host {
         let pool = state.plan.pool;
         dp.set_pools(&[PoolPrefix::new(pool.mac.0, pool.len)])
             .context("setting the outside pool")?;
-        dp.set_settings(if opts.dhcp_translate {
+        let settings = if opts.dhcp_translate {
             SETTING_DHCP_TRANSLATE
         } else {
             0
-        })
-        .context("setting the data plane's DHCP mode")?;
+        };
+        // A monitor flag left by a daemon that was killed while one watched goes here too.
+        dp.set_settings(settings)
+            .context("setting the data plane's DHCP mode")?;
         Ok(Self {
             dp,
             store,
@@ -202,7 +209,20 @@ impl Host {
             conflicts: announce::Quieted::default(),
             uplink: opts.uplink,
             uplink_ifindex: None,
+            settings,
         })
+    }
+
+    /// Whether the data plane reports dropped frames (while `mat monitor` watches).
+    pub fn set_monitor(&mut self, on: bool) -> Result<(), Refusal> {
+        self.settings = if on {
+            self.settings | SETTING_MONITOR
+        } else {
+            self.settings & !SETTING_MONITOR
+        };
+        self.dp
+            .set_settings(self.settings)
+            .map_err(|e| Refusal::internal(format!("setting the data plane's flags: {e}")))
     }
 
     /// Where a binding of the port `ifindex` lives in the maps: its port's slot, or in uplink

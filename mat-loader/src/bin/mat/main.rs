@@ -87,6 +87,9 @@ enum Command {
     /// Check the host's set-up: kernel, daemon, configuration, pins, programs, maps, pool and
     /// libvirt's hook; one line per finding with what to do (exit 1 on an error).
     Doctor(mat_loader::doctor::DoctorArgs),
+    /// Follow what the data plane drops and why (spoof, port security, malformed, reflected),
+    /// and what the daemon learns and announces, as it happens (Ctrl-C stops).
+    Monitor(mat_loader::monitor::MonitorArgs),
     /// Whose is an outside MAC: its rack, host and VM slot, and on this host the VM that holds it
     /// or its hold-down. Without a daemon, decoded from the configuration.
     Decode {
@@ -231,6 +234,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Doctor(args) => mat_loader::doctor::run(&args, &client_socket(), timeout),
+        Command::Monitor(args) => mat_loader::monitor::run(&args, &client_socket(), timeout),
         Command::LibvirtHook(args) => libvirt::hook(&client_socket(), &args),
         Command::Install(what) => libvirt::install(what, &client_socket()),
         Command::Generate(what) => what.run(Cli::command()),

@@ -18,7 +18,7 @@ use std::os::fd::AsFd;
 use anyhow::{bail, ensure, Context, Result};
 use mat_common::{
     counters::{Hook, Outcome},
-    maps::{SETTING_DHCP_TRANSLATE, UPLINK_IFINDEX},
+    maps::{SETTING_DHCP_TRANSLATE, SETTING_MONITOR, UPLINK_IFINDEX},
     pool::PoolPrefix,
     MacAddr,
 };
@@ -72,6 +72,8 @@ struct Case {
     path: &'static str,
     /// Bindings in the maps (one of [`SIZES`]).
     bindings: u32,
+    /// Run with `mat monitor` watching (the drop reports on).
+    monitor: bool,
     frame: Vec<u8>,
     outcome: Option<Outcome>,
     effect: Frame,
@@ -101,14 +103,15 @@ pub struct Row {
 pub fn run(cfg: &Config) -> Result<Vec<Row>> {
     let mut dps = Vec::new();
     for size in SIZES {
-        dps.push((size, dataplane(size)?));
+        dps.push(((size, false), dataplane(size, false)?));
     }
+    dps.push(((1, true), dataplane(1, true)?));
     let cases = cases();
     let mut fds = Vec::new();
     for case in &cases {
         let dp = &mut dps
             .iter_mut()
-            .find(|(s, _)| *s == case.bindings)
+            .find(|(s, _)| *s == (case.bindings, case.monitor))
             .expect("a data plane per size")
             .1;
         let fd = dp.program(case.program)?.as_fd().try_clone_to_owned()?;
@@ -122,7 +125,7 @@ pub fn run(cfg: &Config) -> Result<Vec<Row>> {
         for (i, case) in cases.iter().enumerate() {
             let dp = &dps
                 .iter()
-                .find(|(s, _)| *s == case.bindings)
+                .find(|(s, _)| *s == (case.bindings, case.monitor))
                 .expect("a data plane per size")
                 .1;
             let before = dp.counters()?;
@@ -179,11 +182,13 @@ pub fn run(cfg: &Config) -> Result<Vec<Row>> {
 
 /// A data plane with the pool set, A -> A on the test-run port, the cycle on the uplink key, and
 /// `size` bindings in all: the other VMs on ports of their own and on the uplink (inside
-/// 52:54:01:00:hi:lo, outside 02:00:5e:00:hi:lo).
-fn dataplane(size: u32) -> Result<TestDataplane> {
+/// 52:54:01:00:hi:lo, outside 02:00:5e:00:hi:lo). With `monitor`, drops are reported as while
+/// `mat monitor` watches; nothing reads the ring, so after its first quarter fills every drop
+/// takes the rate limit's way out, as in a flood.
+fn dataplane(size: u32, monitor: bool) -> Result<TestDataplane> {
     let mut dp = TestDataplane::new();
     dp.set_pools(&[POOL])?;
-    dp.set_settings(SETTING_DHCP_TRANSLATE)?;
+    dp.set_settings(SETTING_DHCP_TRANSLATE | if monitor { SETTING_MONITOR } else { 0 })?;
     dp.bind(test_run::IFINDEX, A, A, 0)?;
     dp.bind(UPLINK_IFINDEX, A, B, 0)?;
     dp.bind(UPLINK_IFINDEX, B, A, 0)?;
@@ -249,6 +254,7 @@ fn cases() -> Vec<Case> {
         program,
         path,
         bindings: 1,
+        monitor: false,
         frame,
         outcome: Some(outcome),
         effect,
@@ -258,6 +264,7 @@ fn cases() -> Vec<Case> {
             program: FloorTc,
             path: "floor (TC_ACT_OK)",
             bindings: 1,
+            monitor: false,
             frame: ipv4(PEER, A),
             outcome: None,
             effect: Unchanged,
@@ -266,6 +273,7 @@ fn cases() -> Vec<Case> {
             program: FloorXdp,
             path: "floor (XDP_PASS)",
             bindings: 1,
+            monitor: false,
             frame: ipv4(PEER, A),
             outcome: None,
             effect: Unchanged,
@@ -379,6 +387,21 @@ fn cases() -> Vec<Case> {
             Cycles,
         ),
     ]);
+    // With `mat monitor` watching: the hit pays nothing (the flag is read on drops only), a drop
+    // the report (or, the ring's quarter full, the rate limit).
+    for (path, frame, outcome) in [
+        ("hit (monitor)", ipv4(PEER, A), Translated),
+        (
+            "spoof drop, monitor watching",
+            ipv4(PEER, SPOOF),
+            SpoofDropped,
+        ),
+    ] {
+        cases.push(Case {
+            monitor: true,
+            ..case(PortFromVm, path, frame, outcome, Unchanged)
+        });
+    }
     // The hit with more bindings in the maps.
     for bindings in &SIZES[1..] {
         for (p, frame, effect) in [

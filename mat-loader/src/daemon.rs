@@ -705,6 +705,7 @@ async fn watch_events(ring: crate::EventRing, ctx: Arc<Ctx>) {
             return;
         }
     };
+    let mut drop_budget = monitor::Budget::default();
     loop {
         let mut guard = match fd.readable_mut().await {
             Ok(g) => g,
@@ -719,8 +720,11 @@ async fn watch_events(ring: crate::EventRing, ctx: Arc<Ctx>) {
         let mut drops = Vec::new();
         let mut short = 0;
         guard.get_inner_mut().drain(|item| {
-            if let Some(r) = monitor::drop_record(item) {
-                drops.push(r);
+            if monitor::is_drop(item) {
+                // Over the budget: counted by the data plane, told as suppressed.
+                if drop_budget.take() {
+                    drops.push(item.to_vec());
+                }
             } else if item.len() >= size_of::<Event>() {
                 // SAFETY: the item holds at least one Event, a plain repr(C) type; unaligned read.
                 batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
@@ -734,7 +738,7 @@ async fn watch_events(ring: crate::EventRing, ctx: Arc<Ctx>) {
             (batch.len() + drops.len()) as u64 - unknown,
             short + unknown,
         );
-        for r in drops {
+        for r in drops.iter().filter_map(|d| monitor::drop_record(d)) {
             ctx.monitor.publish(r);
         }
         for ev in batch {

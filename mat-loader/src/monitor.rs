@@ -4,8 +4,9 @@
 //! The programs report a dropped frame only while a monitor watches (the settings flag
 //! `SETTING_MONITOR`, which the daemon sets for the first watcher and clears after the last), so
 //! a drop costs one more branch when nobody does. They stop queueing while a quarter of the event
-//! ring is unread, and the daemon hands each watcher a bounded queue: a flood can swamp neither.
-//! What was not shown is counted, from the drop counters, which count every frame.
+//! ring is unread; the daemon turns at most [`DROPS_PER_SECOND`] of them into records and hands
+//! each watcher a bounded queue: a flood swamps neither. What was not shown is counted, from
+//! the drop counters, which count every frame.
 
 use std::{
     io::{BufRead, Write},
@@ -13,7 +14,7 @@ use std::{
     path::Path,
     process::ExitCode,
     sync::atomic::{AtomicUsize, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use clap::{Args, ValueEnum};
@@ -137,6 +138,42 @@ fn port_name(ifindex: u32) -> Option<String> {
     nix::net::if_::if_indextoname(ifindex)
         .ok()
         .map(|n| n.to_string_lossy().into_owned())
+}
+
+/// Drop records a second the daemon makes at most (each names its port: a system call).
+pub const DROPS_PER_SECOND: u32 = 1000;
+
+/// The daemon's allowance of drop records for the current second.
+pub struct Budget {
+    since: Instant,
+    used: u32,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            since: Instant::now(),
+            used: 0,
+        }
+    }
+}
+
+impl Budget {
+    /// Whether one more record fits in this second.
+    pub fn take(&mut self) -> bool {
+        if self.since.elapsed() >= Duration::from_secs(1) {
+            *self = Self::default();
+        }
+        self.used += 1;
+        self.used <= DROPS_PER_SECOND
+    }
+}
+
+/// Whether a ring record is a dropped frame's.
+pub fn is_drop(item: &[u8]) -> bool {
+    item.get(..4).is_some_and(|k| {
+        u32::from_ne_bytes(k.try_into().expect("4 bytes")) == EventKind::Dropped as u32
+    })
 }
 
 /// A dropped frame's ring record, or `None` if `item` is not one.

@@ -200,34 +200,21 @@ pub fn text(d: &DecodeView) -> String {
 mod tests {
     use super::*;
 
-    fn plan() -> Plan {
-        Plan::new(
-            "02:00:5e:00:00:00/24".parse().unwrap(),
-            8,
-            8,
-            1,
-            3,
-            false,
-            vec![],
-        )
-        .unwrap()
-    }
-
     #[test]
     fn slots() {
-        let d = slot(&plan(), "02:00:5e:01:03:2a".parse().unwrap()).unwrap();
+        let d = slot(&Plan::example(), "02:00:5e:01:03:2a".parse().unwrap()).unwrap();
         assert_eq!(
             (d.rack, d.host, d.vm_slot, d.status),
             (1, 3, 42, Status::Unchecked)
         );
         assert_eq!(d.host_pool, "02:00:5e:01:03:00/40");
-        let d = slot(&plan(), "02:00:5e:07:09:ff".parse().unwrap()).unwrap();
+        let d = slot(&Plan::example(), "02:00:5e:07:09:ff".parse().unwrap()).unwrap();
         assert_eq!(
             (d.rack, d.host, d.vm_slot, d.status),
             (7, 9, 255, Status::OtherHost)
         );
         assert_eq!(d.rack_route, "02:00:5e:07:00:00/32");
-        let r = slot(&plan(), "52:54:00:00:00:01".parse().unwrap()).unwrap_err();
+        let r = slot(&Plan::example(), "52:54:00:00:00:01".parse().unwrap()).unwrap_err();
         assert_eq!(r.code, Code::NotInPool);
         // Widths that do not fall on octets.
         let p = Plan::new(

@@ -234,6 +234,24 @@ pub struct Route {
     pub vlan: Option<u16>,
 }
 
+/// The plan the unit tests share: pool 02:00:5e:00:00:00/24, 8 rack and 8 host bits, rack 1,
+/// host 3.
+#[cfg(test)]
+impl Plan {
+    pub(crate) fn example() -> Plan {
+        Plan::new(
+            "02:00:5e:00:00:00/24".parse().unwrap(),
+            8,
+            8,
+            1,
+            3,
+            false,
+            vec![],
+        )
+        .unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

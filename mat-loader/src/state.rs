@@ -209,22 +209,9 @@ impl State {
 mod tests {
     use super::*;
 
-    fn plan() -> Plan {
-        Plan::new(
-            "02:00:5e:00:00:00/24".parse().unwrap(),
-            8,
-            8,
-            1,
-            3,
-            false,
-            vec![],
-        )
-        .unwrap()
-    }
-
     #[test]
     fn check_finds_double_use() {
-        let mut s = State::new(plan());
+        let mut s = State::new(Plan::example());
         s.alloc.next_fresh = 2;
         s.ports.push(Port {
             name: "a".into(),
@@ -257,7 +244,7 @@ mod tests {
 
     #[test]
     fn revert_undoes_apply() {
-        let mut s = State::new(plan());
+        let mut s = State::new(Plan::example());
         let port = Port {
             name: "a".into(),
             ifindex: 1,

@@ -408,19 +408,6 @@ fn read_state(db: &Connection) -> Result<Option<State>> {
 mod tests {
     use super::*;
 
-    fn plan() -> Plan {
-        Plan::new(
-            "02:00:5e:00:00:00/24".parse().unwrap(),
-            8,
-            8,
-            1,
-            3,
-            false,
-            vec![],
-        )
-        .unwrap()
-    }
-
     fn temp_dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("mat-store-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
@@ -428,7 +415,7 @@ mod tests {
     }
 
     fn bound_state() -> (State, Vec<Change>) {
-        let mut s = State::new(plan());
+        let mut s = State::new(Plan::example());
         let inside = Mac([0x52, 0x54, 0, 0, 0, 1]);
         let (outside, _, taken) = s.alloc.choose(&s.plan, "web", inside, 0, 0, 0).unwrap();
         let changes = vec![
@@ -460,7 +447,7 @@ mod tests {
         let mut store = Store::open(&dir, Duration::ZERO).unwrap();
         assert!(store.load().unwrap().is_none());
         let (mut s, changes) = bound_state();
-        store.reset(&State::new(plan())).unwrap();
+        store.reset(&State::new(Plan::example())).unwrap();
         store.commit(&changes).unwrap();
         assert_eq!(store.load().unwrap(), Some(s.clone()));
         let b = s.bindings[0].clone();

@@ -5,7 +5,7 @@ use core::ptr::addr_of_mut;
 use mat_common::{counters::Outcome, maps::Binding};
 
 use crate::{
-    bindings::{outside_of, Bindings},
+    bindings::{Bindings, outside_of},
     frame::Frame,
     mac::Mac,
     maps, parse,
@@ -55,7 +55,7 @@ pub fn from_vm<F: Frame, B: Bindings>(
         None if b.secured().is_some() => return Some(Outcome::PortSecurityDropped),
         // An unbound sender from the outside pool claims another VM's MAC.
         None if B::PORT && sha.can_bind() && maps::in_pool(sha) => {
-            return Some(Outcome::SpoofDropped)
+            return Some(Outcome::SpoofDropped);
         }
         None => None,
     };

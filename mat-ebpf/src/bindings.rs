@@ -1,7 +1,7 @@
 //! Where the rules find a frame's translation: the port table on a VM port (one array lookup,
 //! then compares), the MAC-keyed hash maps on the uplink.
 
-use mat_common::maps::{Binding, PortSlot, BINDING_PORT_SECURITY, UPLINK_IFINDEX};
+use mat_common::maps::{BINDING_PORT_SECURITY, Binding, PortSlot, UPLINK_IFINDEX};
 
 use crate::{mac::Mac, maps};
 
@@ -38,12 +38,14 @@ impl Port {
     /// `slot` points at a live map value for the program's run.
     #[inline(always)]
     unsafe fn inside(slot: *const PortSlot) -> Mac {
-        Mac::read((*slot).inside.as_ptr())
+        // SAFETY: the caller's promise: a live map value.
+        unsafe { Mac::read((*slot).inside.as_ptr()) }
     }
 
     #[inline(always)]
     unsafe fn outside(slot: *const PortSlot) -> Mac {
-        Mac::read((*slot).binding.mac.as_ptr())
+        // SAFETY: as for `inside`.
+        unsafe { Mac::read((*slot).binding.mac.as_ptr()) }
     }
 }
 
@@ -129,5 +131,6 @@ impl Bindings for Uplink {
 /// `b` must point at a live map value.
 #[inline(always)]
 pub unsafe fn outside_of(b: *const Binding) -> Mac {
-    Mac::read((*b).mac.as_ptr())
+    // SAFETY: the caller's promise: a live map value.
+    unsafe { Mac::read((*b).mac.as_ptr()) }
 }

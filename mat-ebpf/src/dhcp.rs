@@ -10,7 +10,7 @@
 use mat_common::maps::SETTING_DHCP_TRANSLATE;
 
 use crate::{
-    bindings::{outside_of, Bindings},
+    bindings::{Bindings, outside_of},
     frame::Frame,
     mac::Mac,
     maps,

@@ -96,11 +96,7 @@ impl Frame for Tc {
         let n = self.len().wrapping_sub(1).min(room - 1) + 1;
         // SAFETY: the helper writes `n` <= `room` bytes at `head`.
         let r = unsafe { bpf_skb_load_bytes(self.0.skb.skb.cast(), 0, head.cast(), n as u32) };
-        if r == 0 {
-            n
-        } else {
-            0
-        }
+        if r == 0 { n } else { 0 }
     }
     #[inline(always)]
     fn store8(&mut self, offset: usize, v: u64) -> bool {
@@ -175,11 +171,7 @@ impl Frame for Xdp {
         let n = len.wrapping_sub(1).min(room - 1) + 1;
         // SAFETY: the helper writes `n` <= `room` bytes at `head`.
         let r = unsafe { bpf_xdp_load_bytes(self.0.ctx, 0, head.cast(), n as u32) };
-        if r == 0 {
-            n
-        } else {
-            0
-        }
+        if r == 0 { n } else { 0 }
     }
     #[inline(always)]
     fn store8(&mut self, offset: usize, mut v: u64) -> bool {

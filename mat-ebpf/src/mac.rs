@@ -18,9 +18,12 @@ impl Mac {
     /// `p` must point at 6 readable bytes (see the module note on alignment).
     #[inline(always)]
     pub unsafe fn read(p: *const u8) -> Self {
-        Self {
-            hi: p.cast::<u32>().read(),
-            lo: p.add(4).cast::<u16>().read(),
+        // SAFETY: the caller's promise: 6 readable bytes at `p`.
+        unsafe {
+            Self {
+                hi: p.cast::<u32>().read(),
+                lo: p.add(4).cast::<u16>().read(),
+            }
         }
     }
 
@@ -28,8 +31,11 @@ impl Mac {
     /// `p` must point at 6 writable bytes (see the module note on alignment).
     #[inline(always)]
     pub unsafe fn write(self, p: *mut u8) {
-        p.cast::<u32>().write(self.hi);
-        p.add(4).cast::<u16>().write(self.lo);
+        // SAFETY: the caller's promise: 6 writable bytes at `p`.
+        unsafe {
+            p.cast::<u32>().write(self.hi);
+            p.add(4).cast::<u16>().write(self.lo);
+        }
     }
 
     /// Multicast or broadcast: the group bit is bit 0 of the first octet (the low byte of `hi`,

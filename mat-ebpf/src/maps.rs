@@ -8,12 +8,12 @@ use aya_ebpf::{
 };
 use mat_common::{
     counters::{self, Hook, Outcome},
-    event::{DropEvent, Event, EventKind, DROP_HEAD},
+    event::{DROP_HEAD, DropEvent, Event, EventKind},
     maps::{
-        Binding, BindingKey, PortSlot, Settings, BINDING_ANNOUNCE, EVENTS_BYTES, MAX_BINDINGS,
-        PORT_OVERFLOW_ENTRIES, PORT_SLOTS, SETTING_MONITOR,
+        BINDING_ANNOUNCE, Binding, BindingKey, EVENTS_BYTES, MAX_BINDINGS, PORT_OVERFLOW_ENTRIES,
+        PORT_SLOTS, PortSlot, SETTING_MONITOR, Settings,
     },
-    pool::{Pools, MAX_POOLS},
+    pool::{MAX_POOLS, Pools},
 };
 
 use core::ptr::addr_of_mut;

@@ -8,7 +8,7 @@
 use mat_common::{counters::Outcome, maps::Binding};
 
 use crate::{
-    bindings::{outside_of, Bindings},
+    bindings::{Bindings, outside_of},
     csum,
     frame::Frame,
     mac::Mac,

@@ -10,7 +10,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     arp,
-    bindings::{outside_of, Bindings},
+    bindings::{Bindings, outside_of},
     dhcp,
     frame::Frame,
     mac::Mac,

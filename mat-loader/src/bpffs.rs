@@ -4,8 +4,8 @@
 use std::{io, path::Path};
 
 use nix::{
-    mount::{mount, MsFlags},
-    sys::statfs::{statfs, BPF_FS_MAGIC},
+    mount::{MsFlags, mount},
+    sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 
 use crate::Error;

@@ -20,7 +20,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot reach the mat daemon at {socket} (is `mat daemon` running? --socket or MAT_SOCKET): {source}")]
+    #[error(
+        "cannot reach the mat daemon at {socket} (is `mat daemon` running? --socket or MAT_SOCKET): {source}"
+    )]
     Connect {
         socket: PathBuf,
         source: std::io::Error,

@@ -23,16 +23,15 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::{
-    daemon,
+    DEFAULT_SOCKET, daemon,
     mac::MacPrefix,
     plan::{Plan, PlanError},
     uplink::{Uplink, XdpMode},
-    DEFAULT_SOCKET,
 };
 
 pub const DEFAULT_CONFIG: &str = crate::paths::CONFIG;

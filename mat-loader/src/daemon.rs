@@ -16,17 +16,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use futures_util::{Stream, StreamExt};
 use tokio::{
-    io::{unix::AsyncFd, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, unix::AsyncFd},
     net::{UnixListener, UnixStream},
-    signal::unix::{signal, SignalKind},
+    signal::unix::{SignalKind, signal},
     sync::Semaphore,
 };
 use tracing::{debug, info, warn};
 
 use crate::{
+    Dataplane,
     announce::Announcer,
     common::{
         counters::{HOOKS, OUTCOMES},
@@ -38,12 +39,11 @@ use crate::{
     monitor,
     plan::Plan,
     ports::{self, LinkEvent, Links, VmPorts},
-    proto::{self, Reply, Request, IDLE, MAX_LINE},
+    proto::{self, IDLE, MAX_LINE, Reply, Request},
     refusal::{Code, Refusal},
     store::Store,
     uplink::Uplink,
     views::{CounterView, ModeView, PortView, ReleasedPortView, RoutesView, StatsView},
-    Dataplane,
 };
 
 /// How often the daemon checks that its ports still exist, in case a link event was lost.
@@ -300,13 +300,12 @@ fn other_interfaces(known: &HashSet<&str>) -> Result<Vec<String>> {
 /// Raises the soft limit on open files to the hard one: every connection and every pinned
 /// object the daemon opens takes a descriptor, and systemd's default soft limit is 1,024.
 fn raise_nofile() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                warn!(soft, hard, error = %e, "raising the open-file limit");
-            }
-        }
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        warn!(soft, hard, error = %e, "raising the open-file limit");
     }
 }
 
@@ -631,10 +630,10 @@ async fn watch(
         line.push('\n');
         ok = wr.write_all(line.as_bytes()).await.is_ok();
     }
-    if ctx.monitor.leave() {
-        if let Err(e) = with_host(&ctx, |h| h.set_monitor(false)).await {
-            warn!(error = %e, "turning the data plane's drop reports off");
-        }
+    if ctx.monitor.leave()
+        && let Err(e) = with_host(&ctx, |h| h.set_monitor(false)).await
+    {
+        warn!(error = %e, "turning the data plane's drop reports off");
     }
 }
 
@@ -789,7 +788,7 @@ async fn watch_links(events: impl Stream<Item = LinkEvent>, ctx: Arc<Ctx>) {
 /// Binds hotplugged interfaces and releases unplugged ones, from libvirt's device events.
 #[cfg(feature = "libvirt-events")]
 fn follow_libvirt(ctx: &Arc<Ctx>, uri: &str, bridges: &[String]) {
-    use crate::libvirt_events::{watch, Notice};
+    use crate::libvirt_events::{Notice, watch};
     let mut notices = watch(uri.to_owned(), bridges.to_vec());
     let ctx = ctx.clone();
     tokio::spawn(async move {

@@ -11,29 +11,28 @@ use std::{
 };
 
 use aya::{
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
+        ProgramFd, SchedClassifier, Xdp, XdpFlags,
         links::{FdLink, LinkOrder, PinnedLink},
         tc::{self, SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
-        ProgramFd, SchedClassifier, Xdp, XdpFlags,
     },
     util::KernelVersion,
-    Ebpf, EbpfLoader,
 };
 use mat_common::{
-    counters::{self, Hook, Outcome, HOOKS, OUTCOMES},
-    maps::{self as names, Binding, BindingKey, PortSlot, Settings, PORT_SLOTS, UPLINK_IFINDEX},
-    pool::{PoolPrefix, Pools, MAX_POOLS},
     MacAddr,
+    counters::{self, HOOKS, Hook, OUTCOMES, Outcome},
+    maps::{self as names, Binding, BindingKey, PORT_SLOTS, PortSlot, Settings, UPLINK_IFINDEX},
+    pool::{MAX_POOLS, PoolPrefix, Pools},
 };
 
 use crate::{
-    bpffs, layout,
+    Error, bpffs, layout,
     mmap::Mmap,
     program::{Hookpoint, Mode, Program},
     ringbuf::EventRing,
-    Error,
 };
 
 /// A pinned link that could not be switched: its interface index, program and error.
@@ -240,10 +239,10 @@ impl Dataplane {
                 // Dropping the last reference to the link detaches the program.
                 drop(PinnedLink::from_pin(&pin)?.unpin()?);
                 tracing::info!(ifindex, program = p.name(), "detached");
-            } else if let (Hookpoint::Tc(at), false) = (p.hookpoint(), tcx_available()) {
-                if let Ok(name) = nix::net::if_::if_indextoname(ifindex) {
-                    let _ = tc::qdisc_detach_program(&name.to_string_lossy(), at, p.name());
-                }
+            } else if let (Hookpoint::Tc(at), false) = (p.hookpoint(), tcx_available())
+                && let Ok(name) = nix::net::if_::if_indextoname(ifindex)
+            {
+                let _ = tc::qdisc_detach_program(&name.to_string_lossy(), at, p.name());
             }
         }
         Ok(())

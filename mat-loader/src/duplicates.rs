@@ -162,10 +162,10 @@ pub fn claim(frame: &[u8], pool: MacPrefix, vlan: Option<u16>) -> Option<Claim> 
             2 => Some("nd tllao"),
             _ => None,
         };
-        if let Some(field) = field {
-            if let Some(c) = found(Mac(opts[2..8].try_into().ok()?), field) {
-                return Some(c);
-            }
+        if let Some(field) = field
+            && let Some(c) = found(Mac(opts[2..8].try_into().ok()?), field)
+        {
+            return Some(c);
         }
         opts = &opts[len..];
     }
@@ -183,7 +183,7 @@ pub fn filter(pool: MacPrefix) -> Vec<libc::sock_filter> {
     const JGE: u16 = 0x35;
     const JGT: u16 = 0x25;
     const RET: u16 = 0x06; // BPF_RET | BPF_K
-                           // Jump targets by label, resolved once every instruction is placed.
+    // Jump targets by label, resolved once every instruction is placed.
     #[derive(Clone, Copy, PartialEq, Eq)]
     enum To {
         Next,
@@ -438,14 +438,15 @@ impl Watcher {
     /// A link was removed (or left its bridge): no longer watched once it is gone.
     pub fn link_removed(&self, ifindex: u32) {
         let mut watching = lock(&self.watching);
-        if watching.contains_key(&ifindex) && ports::ifname(ifindex) == ports::Lookup::Gone {
-            if let Some((name, task)) = watching.remove(&ifindex) {
-                task.abort();
-                info!(
-                    interface = name,
-                    ifindex, "gone: no longer watching for duplicate outside MACs"
-                );
-            }
+        if watching.contains_key(&ifindex)
+            && ports::ifname(ifindex) == ports::Lookup::Gone
+            && let Some((name, task)) = watching.remove(&ifindex)
+        {
+            task.abort();
+            info!(
+                interface = name,
+                ifindex, "gone: no longer watching for duplicate outside MACs"
+            );
         }
     }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use mat_common::{
     counters::{ENTRIES, OUTCOMES},
-    maps::{self as names, Binding, BindingKey, PortSlot, LAYOUT, UPLINK_IFINDEX},
+    maps::{self as names, Binding, BindingKey, LAYOUT, PortSlot, UPLINK_IFINDEX},
     pool::Pools,
 };
 use tracing::info;
@@ -76,7 +76,7 @@ pub fn detect(pin_dir: &Path) -> Result<Vec<Older>, Error> {
                     return Err(Error::Layout {
                         pin_dir: pin_dir.to_owned(),
                         found: v,
-                    })
+                    });
                 }
             }
         }

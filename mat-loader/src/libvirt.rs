@@ -37,7 +37,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use crate::{
@@ -291,13 +291,13 @@ pub fn install_hook(
     let path = hook_path(hooks_dir);
     let dir = path.parent().expect("the hook is in qemu.d");
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    if let Ok(old) = fs::read_to_string(&path) {
-        if !old.contains(MARKER) {
-            bail!(
-                "{} exists and is not MAT's hook: move it away first",
-                path.display()
-            );
-        }
+    if let Ok(old) = fs::read_to_string(&path)
+        && !old.contains(MARKER)
+    {
+        bail!(
+            "{} exists and is not MAT's hook: move it away first",
+            path.display()
+        );
     }
     let mut cmd = vec![
         quote(&mat.to_string_lossy())?,

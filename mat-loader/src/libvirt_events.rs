@@ -20,14 +20,14 @@
 //!   end`), and bindings of VMs libvirt does not know (bound by hand) are left alone.
 
 use std::{
-    ffi::{c_char, c_int, c_void, CStr},
+    ffi::{CStr, c_char, c_int, c_void},
     sync::mpsc,
     thread,
     time::Duration,
 };
 
 use anyhow::{Context, Result};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{debug, info, warn};
 use virt::{connect::Connect, domain::Domain as VirDomain, sys};
 
@@ -123,10 +123,12 @@ fn event_loop() -> Result<()> {
     virt::event::event_register_default_impl().context("virEventRegisterDefaultImpl")?;
     thread::Builder::new()
         .name("mat-libvirt-loop".into())
-        .spawn(|| loop {
-            if let Err(e) = virt::event::event_run_default_impl() {
-                warn!(error = %e, "libvirt: running its event loop");
-                thread::sleep(Duration::from_secs(1));
+        .spawn(|| {
+            loop {
+                if let Err(e) = virt::event::event_run_default_impl() {
+                    warn!(error = %e, "libvirt: running its event loop");
+                    thread::sleep(Duration::from_secs(1));
+                }
             }
         })?;
     Ok(())
@@ -226,18 +228,22 @@ type DeviceCallback =
 type GenericCallback = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
 
 unsafe extern "C" fn free_sender(opaque: *mut c_void) {
-    drop(Box::from_raw(opaque.cast::<mpsc::Sender<Raw>>()));
+    unsafe {
+        drop(Box::from_raw(opaque.cast::<mpsc::Sender<Raw>>()));
+    }
 }
 
 unsafe fn sender<'a>(opaque: *mut c_void) -> &'a mpsc::Sender<Raw> {
-    &*opaque.cast::<mpsc::Sender<Raw>>()
+    unsafe { &*opaque.cast::<mpsc::Sender<Raw>>() }
 }
 
 /// The domain's UUID, as libvirt writes it (lower case, dashed).
 unsafe fn uuid(dom: sys::virDomainPtr) -> Option<String> {
-    let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
-    (sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) == 0)
-        .then(|| CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned())
+    unsafe {
+        let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+        (sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) == 0)
+            .then(|| CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned())
+    }
 }
 
 unsafe extern "C" fn device_added(
@@ -246,9 +252,11 @@ unsafe extern "C" fn device_added(
     alias: *const c_char,
     opaque: *mut c_void,
 ) {
-    if let (Some(vm), false) = (uuid(dom), alias.is_null()) {
-        let alias = CStr::from_ptr(alias).to_string_lossy().into_owned();
-        let _ = sender(opaque).send(Raw::Added { vm, alias });
+    unsafe {
+        if let (Some(vm), false) = (uuid(dom), alias.is_null()) {
+            let alias = CStr::from_ptr(alias).to_string_lossy().into_owned();
+            let _ = sender(opaque).send(Raw::Added { vm, alias });
+        }
     }
 }
 
@@ -258,14 +266,18 @@ unsafe extern "C" fn device_removed(
     alias: *const c_char,
     opaque: *mut c_void,
 ) {
-    if let (Some(vm), false) = (uuid(dom), alias.is_null()) {
-        let alias = CStr::from_ptr(alias).to_string_lossy().into_owned();
-        let _ = sender(opaque).send(Raw::Removed { vm, alias });
+    unsafe {
+        if let (Some(vm), false) = (uuid(dom), alias.is_null()) {
+            let alias = CStr::from_ptr(alias).to_string_lossy().into_owned();
+            let _ = sender(opaque).send(Raw::Removed { vm, alias });
+        }
     }
 }
 
 unsafe extern "C" fn closed(_: sys::virConnectPtr, _reason: c_int, opaque: *mut c_void) {
-    let _ = sender(opaque).send(Raw::Closed);
+    unsafe {
+        let _ = sender(opaque).send(Raw::Closed);
+    }
 }
 
 /// Handles events until the connection is lost or the daemon is gone.

@@ -216,7 +216,7 @@ fn metadata(vm: Node, dom: &mut Domain) -> Result<(), XmlError> {
                     Some(other) => {
                         return Err(bad(format!(
                             "translate=\"{other}\" on interface {mac} (expected yes or no)"
-                        )))
+                        )));
                     }
                 };
                 let mut ips = Vec::new();
@@ -249,13 +249,13 @@ fn metadata(vm: Node, dom: &mut Domain) -> Result<(), XmlError> {
             (None, _) => {
                 return Err(bad(format!(
                     "address {ip} but the domain has no translated interface"
-                )))
+                )));
             }
             (Some(_), Some(_)) => {
                 return Err(bad(format!(
                     "address {ip} directly under <vm>, but the domain has several translated \
                      interfaces: put it in <interface mac=...>"
-                )))
+                )));
             }
         }
     }

@@ -5,10 +5,10 @@
 use anyhow::{Context, Result};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use netlink_packet_route::{
-    link::{InfoKind, LinkAttribute, LinkInfo as Info, LinkMessage},
     RouteNetlinkMessage,
+    link::{InfoKind, LinkAttribute, LinkInfo as Info, LinkMessage},
 };
-use rtnetlink::{packet_core::NetlinkPayload, Handle, MulticastGroup};
+use rtnetlink::{Handle, MulticastGroup, packet_core::NetlinkPayload};
 
 /// What the daemon needs to know about an interface.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::{
     net::IpAddr,
 };
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -235,11 +235,12 @@ mod tests {
         assert!(s.check().unwrap_err().to_string().contains("twice"));
         s.alloc.released.clear();
         s.bindings[0].outside = s.plan.mac_at(5);
-        assert!(s
-            .check()
-            .unwrap_err()
-            .to_string()
-            .contains("never handed out"));
+        assert!(
+            s.check()
+                .unwrap_err()
+                .to_string()
+                .contains("never handed out")
+        );
     }
 
     #[test]

@@ -17,8 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use crate::{
     alloc::{Allocator, Released},
@@ -115,7 +115,7 @@ impl Store {
                     ),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                     Err(e) => {
-                        return Err(e).with_context(|| format!("reading {}", legacy.display()))
+                        return Err(e).with_context(|| format!("reading {}", legacy.display()));
                     }
                 };
                 let tx = self.db.transaction()?;

@@ -42,11 +42,7 @@ pub struct Uplink {
 
 /// The mode's name, as the state database records it.
 pub fn mode_name(uplink: Option<&Uplink>) -> &'static str {
-    if uplink.is_some() {
-        "uplink"
-    } else {
-        "port"
-    }
+    if uplink.is_some() { "uplink" } else { "port" }
 }
 
 /// Why a start in mode `wanted` is refused, when the state's `bindings` were made in `stored`.

@@ -9,12 +9,12 @@ mod maps;
 mod switch;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_SHOT},
+    bindings::{TC_ACT_SHOT, xdp_action},
     helpers::bpf_redirect,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use mat_common::switch::{Event, Outcome, MAX_PORTS};
+use mat_common::switch::{Event, MAX_PORTS, Outcome};
 use switch::{Action, Frame};
 
 /// The switch, at the TC ingress of each of its ports (the default: see the README's Fabric

@@ -3,10 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use mat_common::switch::{
-    Config, Learned, Port, Route, VlanMac, COUNTER_ENTRIES, MAX_LEARNED, MAX_PORTS, MAX_ROUTES,
+    COUNTER_ENTRIES, Config, Learned, MAX_LEARNED, MAX_PORTS, MAX_ROUTES, Port, Route, VlanMac,
 };
 
 #[map(name = "SW_ROUTES")]

@@ -2,7 +2,7 @@
 //! to a learned port, or flood.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use mat_common::switch::{Event, Outcome, DEFAULT_AGEING_NS, REFRESH_NS};
+use mat_common::switch::{DEFAULT_AGEING_NS, Event, Outcome, REFRESH_NS};
 
 use crate::maps::{self, LpmKey};
 
@@ -174,10 +174,10 @@ pub fn decide(f: &Frame, ifindex: u32) -> Verdict {
     }
     let k = LpmKey::new(f.dst.0, f.dst.1);
     let route = k.route();
-    if let Some(r) = route {
-        if r.mac_len != 0 {
-            return unicast(in_slot, r.port, ifindex, f.vlan, Outcome::Routed, r.slot);
-        }
+    if let Some(r) = route
+        && r.mac_len != 0
+    {
+        return unicast(in_slot, r.port, ifindex, f.vlan, Outcome::Routed, r.slot);
     }
     if let Some(e) = k.learned() {
         if t == 0 {

@@ -12,7 +12,7 @@ pub mod views;
 
 pub use error::Error;
 pub use mat_common::switch as common;
-pub use switch::{parse_vlans, PortSpec, RouteSpec, Switch, VlanSet};
+pub use switch::{PortSpec, RouteSpec, Switch, VlanSet, parse_vlans};
 
 /// The program names in the object.
 pub mod switch_program {

@@ -9,27 +9,27 @@ use std::{
 };
 
 use aya::{
+    Ebpf, EbpfLoader,
     maps::{
-        lpm_trie::{Key, LpmTrie},
         Array, HashMap, PerCpuArray, PerCpuValues,
+        lpm_trie::{Key, LpmTrie},
     },
     programs::{
+        ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpFlags,
         links::{FdLink, LinkOrder, PinnedLink},
         tc::TcAttachOptions,
-        ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpFlags,
     },
     util::nr_cpus,
-    Ebpf, EbpfLoader,
 };
 use mat_common::switch::{
-    self as sw, Config, Learned, Port, Route, VlanMac, COUNTERS, DEFAULT_AGEING_NS, MAX_PORTS,
-    MAX_ROUTES, VLAN_BITS,
+    self as sw, COUNTERS, Config, DEFAULT_AGEING_NS, Learned, MAX_PORTS, MAX_ROUTES, Port, Route,
+    VLAN_BITS, VlanMac,
 };
 use mat_loader::mac::{Mac, MacPrefix};
 
 use crate::{
-    views::{CountersView, ImportView, LearnedView, PortView, RouteView, SwitchView},
     Error,
+    views::{CountersView, ImportView, LearnedView, PortView, RouteView, SwitchView},
 };
 
 use crate::switch_program::{TC as TC_PROGRAM, XDP as XDP_PROGRAM};

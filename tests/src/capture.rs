@@ -6,12 +6,12 @@
 
 use std::{
     io,
-    mem::{size_of, MaybeUninit},
+    mem::{MaybeUninit, size_of},
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc,
+        atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
@@ -309,10 +309,11 @@ fn nd_addrs(frame: &[u8]) -> Option<NdAddrs> {
         if len == 0 {
             break;
         }
-        if (t == ND_SOURCE_LL || t == ND_TARGET_LL) && len == 8 {
-            if let Some(mac) = icmp.get(at + 2..at + 8) {
-                options.push((t, mac.try_into().ok()?));
-            }
+        if (t == ND_SOURCE_LL || t == ND_TARGET_LL)
+            && len == 8
+            && let Some(mac) = icmp.get(at + 2..at + 8)
+        {
+            options.push((t, mac.try_into().ok()?));
         }
         at += len;
     }

@@ -387,10 +387,10 @@ impl Drop for Daemon {
                 self.log()
             );
         }
-        if self.pin_dir.exists() {
-            if let Err(e) = fs::remove_dir_all(&self.pin_dir) {
-                eprintln!("removing {}: {e}", self.pin_dir.display());
-            }
+        if self.pin_dir.exists()
+            && let Err(e) = fs::remove_dir_all(&self.pin_dir)
+        {
+            eprintln!("removing {}: {e}", self.pin_dir.display());
         }
         let _ = fs::remove_dir_all(&self.dir);
     }

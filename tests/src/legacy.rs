@@ -6,14 +6,14 @@
 use std::path::Path;
 
 use aya::{
-    maps::{Array, HashMap},
-    programs::{links::FdLink, tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType},
     EbpfLoader,
+    maps::{Array, HashMap},
+    programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions},
 };
 use mat_common::{
-    maps::{self as names, BindingKey, BINDING_ANNOUNCE},
-    pool::{PoolPrefix, Pools},
     MacAddr,
+    maps::{self as names, BINDING_ANNOUNCE, BindingKey},
+    pool::{PoolPrefix, Pools},
 };
 
 /// The first release's kernel object.

@@ -784,21 +784,21 @@ impl Learner {
             ipv4: [0; 4],
             ipv6: [0; 16],
         };
-        if let Some((key, ip)) = v.learned {
-            if self.ipv4.insert(key, ip) != Some(ip) {
-                events.push(Event {
-                    ipv4: ip,
-                    ..event(EventKind::Learned, &key)
-                });
-            }
+        if let Some((key, ip)) = v.learned
+            && self.ipv4.insert(key, ip) != Some(ip)
+        {
+            events.push(Event {
+                ipv4: ip,
+                ..event(EventKind::Learned, &key)
+            });
         }
-        if let Some((key, ip)) = v.learned6 {
-            if self.ipv6.insert(key, ip) != Some(ip) {
-                events.push(Event {
-                    ipv6: ip,
-                    ..event(EventKind::Learned6, &key)
-                });
-            }
+        if let Some((key, ip)) = v.learned6
+            && self.ipv6.insert(key, ip) != Some(ip)
+        {
+            events.push(Event {
+                ipv6: ip,
+                ..event(EventKind::Learned6, &key)
+            });
         }
         events
     }

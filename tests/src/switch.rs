@@ -61,10 +61,10 @@ impl SwitchGuard {
 
 impl Drop for SwitchGuard {
     fn drop(&mut self) {
-        if let Ok(s) = Switch::open(&self.pin_dir, &self.name) {
-            if let Err(e) = s.destroy() {
-                eprintln!("could not remove switch {}: {e}", self.pin_dir.display());
-            }
+        if let Ok(s) = Switch::open(&self.pin_dir, &self.name)
+            && let Err(e) = s.destroy()
+        {
+            eprintln!("could not remove switch {}: {e}", self.pin_dir.display());
         }
         let _ = std::fs::remove_dir(&self.pin_dir);
     }

@@ -118,14 +118,14 @@ impl Tap {
                     return Ok(Matched {
                         frame: Some(f),
                         skipped,
-                    })
+                    });
                 }
                 Some(f) => skipped.push(f),
                 None => {
                     return Ok(Matched {
                         frame: None,
                         skipped,
-                    })
+                    });
                 }
             }
         }

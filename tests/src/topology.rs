@@ -407,10 +407,10 @@ pub fn wait_ipv6_ready(ns: &Netns, ifname: &str) -> Ipv6Addr {
             ns.name()
         );
         let ll = addrs.iter().find(|a| is_link_local(a.ip));
-        if let Some(ll) = ll {
-            if addrs.iter().all(|a| !a.tentative) {
-                return ll.ip;
-            }
+        if let Some(ll) = ll
+            && addrs.iter().all(|a| !a.tentative)
+        {
+            return ll.ip;
         }
         assert!(
             Instant::now() < deadline,

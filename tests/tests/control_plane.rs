@@ -11,10 +11,10 @@ use std::{
 
 use mat_tests::{
     capture::Capture,
-    daemon::{bindings, error_code, mac_str, mat_binary, stderr, Daemon, TempDir, POOL},
+    daemon::{Daemon, POOL, TempDir, bindings, error_code, mac_str, mat_binary, stderr},
     netns::Netns,
     pins::unique,
-    topology::{neighbour, ping, Lab, PEER_IP},
+    topology::{Lab, PEER_IP, neighbour, ping},
 };
 use serde_json::Value;
 
@@ -598,9 +598,11 @@ fn plan_validation_routes_and_config_file() {
         core,
         [("02:00:5e:01:00:00/32", 10), ("02:00:5e:01:00:00/32", 20)]
     );
-    assert!(routes
-        .iter()
-        .any(|r| r["scope"] == "tor" && r["prefix"] == "02:00:5e:01:03:00/40"));
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["scope"] == "tor" && r["prefix"] == "02:00:5e:01:03:00/40")
+    );
     let text = d.cli_ok(&["routes"]);
     assert!(
         text.contains("core  02:00:5e:01:00:00/32  via rack 1  vlan 10"),

@@ -16,20 +16,20 @@ use std::{
     path::{Path, PathBuf},
     process::Stdio,
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
     },
     thread::sleep,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use mat_tests::{
-    daemon::{mac_str, pinned_maps, Daemon, POOL},
+    daemon::{Daemon, POOL, mac_str, pinned_maps},
     netns::ChildGuard,
-    topology::{ping, Lab, PEER_IP},
+    topology::{Lab, PEER_IP, ping},
 };
-use rand::{rngs::StdRng, Rng, SeedableRng};
-use serde_json::{json, Value};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::{Value, json};
 
 /// Requests in the storm (refused ones count; retries of undelivered ones do not).
 const REQUESTS: usize = 2000;
@@ -63,7 +63,7 @@ fn send(socket: &Path, req: &Value) -> Outcome {
     let mut s = match UnixStream::connect(socket) {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
-            return Outcome::NotSent
+            return Outcome::NotSent;
         }
         Err(e) => panic!("connecting to the daemon: {e}"),
     };

@@ -4,7 +4,7 @@
 use std::fs;
 
 use mat_tests::{
-    daemon::{error_code, mac_str, mat_binary, stderr, Daemon, TempDir, POOL},
+    daemon::{Daemon, POOL, TempDir, error_code, mac_str, mat_binary, stderr},
     topology::Lab,
 };
 use serde_json::Value;

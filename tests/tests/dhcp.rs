@@ -30,11 +30,11 @@ use std::{
 
 use mat_tests::{
     capture::{Capture, DhcpAddrs, Report},
-    daemon::{mac_str, Daemon, TempDir, POOL},
+    daemon::{Daemon, POOL, TempDir, mac_str},
     frames::Mac,
     netns::{ChildGuard, Netns},
     topology::{
-        fmt_mac, neighbour, parse_mac, ping, Lab, Peer, SecondHypervisor, Vm, PEER_IP, PREFIX_LEN,
+        Lab, PEER_IP, PREFIX_LEN, Peer, SecondHypervisor, Vm, fmt_mac, neighbour, parse_mac, ping,
     },
 };
 

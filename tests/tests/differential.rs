@@ -21,21 +21,21 @@
 use std::{collections::HashSet, os::fd::AsFd, time::Instant};
 
 use mat_common::{
-    counters::{Outcome, OUTCOMES},
+    counters::{OUTCOMES, Outcome},
     event::Event,
     maps::{BINDING_PORT_SECURITY, SETTING_DHCP_TRANSLATE, UPLINK_IFINDEX},
     pool::PoolPrefix,
 };
-use mat_loader::{test_run, Program};
+use mat_loader::{Program, test_run};
 use mat_tests::{
     frames::{
-        arp_body, ethernet, ipv4_udp, Frame, Ipv6Addr, Mac, Nd, Tag, BROADCAST, DEST_OPTS,
-        HOP_BY_HOP, ROUTING, ZERO,
+        BROADCAST, DEST_OPTS, Frame, HOP_BY_HOP, Ipv6Addr, Mac, Nd, ROUTING, Tag, ZERO, arp_body,
+        ethernet, ipv4_udp,
     },
     model::{self, Bindings, Context, Learner, Mode, Pool, Settings},
     pins::TestDataplane,
 };
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const DEFAULT_FRAMES: usize = 100_000;
 /// Frames between two reads of the counters: a counter that differs from the model's is traced to
@@ -94,7 +94,7 @@ fn pool_mask(len: u8) -> u64 {
 
 fn in_pool(rng: &mut StdRng, p: Pool) -> Mac {
     let mask = pool_mask(p.len);
-    u64_mac(mac_u64(&p.prefix) & mask | rng.gen::<u64>() & !mask & ((1 << 48) - 1))
+    u64_mac(mac_u64(&p.prefix) & mask | rng.r#gen::<u64>() & !mask & ((1 << 48) - 1))
 }
 
 /// The one's-complement sum of a MAC's three 16-bit words.
@@ -146,13 +146,13 @@ impl Universe {
                 return m;
             }
         };
-        let vm = |rng: &mut StdRng| [0x52, 0x54, 0x00, rng.gen(), rng.gen(), rng.gen()];
+        let vm = |rng: &mut StdRng| [0x52, 0x54, 0x00, rng.r#gen(), rng.r#gen(), rng.r#gen()];
         let (p0, p1, p3) = (pools[0], pools[1], pools[3]);
         let pool = |p: Pool| move |rng: &mut StdRng| in_pool(rng, p);
         // A VM MAC whose words sum like `outside`'s.
         let alike = |outside: Mac| {
             move |rng: &mut StdRng| {
-                let a: u8 = rng.gen();
+                let a: u8 = rng.r#gen();
                 let head = word_sum(&[0x52, 0x54, 0x00, a, 0, 0]);
                 let t = u32::from(word_sum(&outside)) + u32::from(!head);
                 let last = (((t & 0xffff) + (t >> 16)) as u16).to_be_bytes();
@@ -198,7 +198,7 @@ impl Universe {
             for _ in 0..3 {
                 let mut a = [0u8; 16];
                 a[..8].copy_from_slice(&head);
-                a[8..].copy_from_slice(&rng.gen::<[u8; 8]>());
+                a[8..].copy_from_slice(&rng.r#gen::<[u8; 8]>());
                 addrs.push(a);
             }
         }
@@ -256,16 +256,16 @@ impl Gen<'_> {
                 let p = pool(rng);
                 let mask = pool_mask(p.len);
                 let bit = 1u64 << (48 - u32::from(p.len.clamp(1, 48)));
-                u64_mac((mac_u64(&p.prefix) & mask | rng.gen::<u64>() & !mask) ^ bit)
+                u64_mac((mac_u64(&p.prefix) & mask | rng.r#gen::<u64>() & !mask) ^ bit)
             }
             68..=79 => {
-                let mut m: Mac = rng.gen();
+                let mut m: Mac = rng.r#gen();
                 m[0] &= 0xfe;
                 m
             }
             80..=87 => BROADCAST,
             88..=93 => {
-                let mut m: Mac = rng.gen();
+                let mut m: Mac = rng.r#gen();
                 m[0] |= 1;
                 m
             }
@@ -278,11 +278,7 @@ impl Gen<'_> {
     fn own_side(&self, rng: &mut StdRng) -> Mac {
         if rng.gen_bool(0.4) {
             let b = self.own[rng.gen_range(0..self.own.len())];
-            if self.from_vm {
-                b.0
-            } else {
-                b.1
-            }
+            if self.from_vm { b.0 } else { b.1 }
         } else {
             self.mac(rng)
         }
@@ -302,7 +298,7 @@ fn random_tags(rng: &mut StdRng) -> Vec<Tag> {
     };
     (0..n)
         .map(|_| Tag {
-            tpid: if rng.gen() { 0x8100 } else { 0x88a8 },
+            tpid: if rng.r#gen() { 0x8100 } else { 0x88a8 },
             vid: rng.gen_range(0..4095),
         })
         .collect()
@@ -312,12 +308,12 @@ fn random_ipv4(rng: &mut StdRng) -> [u8; 4] {
     if rng.gen_bool(0.3) {
         [0; 4]
     } else {
-        [192, 0, 2, rng.gen()]
+        [192, 0, 2, rng.r#gen()]
     }
 }
 
 fn random_bytes(rng: &mut StdRng, n: usize) -> Vec<u8> {
-    (0..n).map(|_| rng.gen()).collect()
+    (0..n).map(|_| rng.r#gen()).collect()
 }
 
 /// ND options: link-layer options holding MACs of the universe, others, and broken ones.
@@ -338,7 +334,7 @@ fn random_options(rng: &mut StdRng, g: &Gen, mut nd: Nd) -> Nd {
             82..=85 => nd.prefix(g.addr(rng), 64),
             86..=89 => {
                 let len = rng.gen_range(0..20);
-                nd.option(rng.gen(), &random_bytes(rng, len))
+                nd.option(rng.r#gen(), &random_bytes(rng, len))
             }
             // A link-layer option of 16 bytes: no Ethernet address.
             90..=92 => nd.option(rng.gen_range(1..=2), &[g.own_side(rng), ZERO].concat()),
@@ -384,7 +380,7 @@ fn random_ipv6(rng: &mut StdRng, g: &Gen, dst: Mac, src: Mac, tags: &[Tag]) -> V
         ip = ip.ext(kind, len);
     }
     if rng.gen_bool(0.06) {
-        ip = ip.fragment(rng.gen_range(0..3), rng.gen());
+        ip = ip.fragment(rng.gen_range(0..3), rng.r#gen());
         if rng.gen_bool(0.3) {
             ip = ip.dest_opts();
         }
@@ -393,15 +389,15 @@ fn random_ipv6(rng: &mut StdRng, g: &Gen, dst: Mac, src: Mac, tags: &[Tag]) -> V
         0..=84 => {}
         85..=89 => {
             let len = rng.gen_range(0..40);
-            return ip.udp(rng.gen(), rng.gen(), &random_bytes(rng, len));
+            return ip.udp(rng.r#gen(), rng.r#gen(), &random_bytes(rng, len));
         }
         90..=92 => {
             let len = rng.gen_range(0..40);
-            return ip.next(rng.gen(), &random_bytes(rng, len));
+            return ip.next(rng.r#gen(), &random_bytes(rng, len));
         }
         _ => {
             // ICMPv6 of another type, at times holding a MAC where ND would have an option.
-            let kinds = [1, 128, 129, 132, 138, rng.gen()];
+            let kinds = [1, 128, 129, 132, 138, rng.r#gen()];
             let kind = kinds[rng.gen_range(0..kinds.len())];
             let len = 4 + 8 * rng.gen_range(0..6);
             let mut body = random_bytes(rng, len);
@@ -415,7 +411,7 @@ fn random_ipv6(rng: &mut StdRng, g: &Gen, dst: Mac, src: Mac, tags: &[Tag]) -> V
         0 => ip.icmpv6_rs(),
         1 => ip.icmpv6_ra(),
         2 => ip.icmpv6_ns(target),
-        3 => ip.icmpv6_na(rng.gen::<u8>() & 0xe0, target),
+        3 => ip.icmpv6_na(rng.r#gen::<u8>() & 0xe0, target),
         _ => ip.icmpv6_redirect(target, g.addr(rng)),
     };
     let mut frame = random_options(rng, g, nd).build();
@@ -427,7 +423,7 @@ fn random_ipv6(rng: &mut StdRng, g: &Gen, dst: Mac, src: Mac, tags: &[Tag]) -> V
             0 => len.wrapping_sub(rng.gen_range(1..=16)),
             1 => len + rng.gen_range(1..=16),
             2 => rng.gen_range(0..64),
-            _ => rng.gen(),
+            _ => rng.r#gen(),
         };
         frame[at..at + 2].copy_from_slice(&len.to_be_bytes());
     }
@@ -436,11 +432,15 @@ fn random_ipv6(rng: &mut StdRng, g: &Gen, dst: Mac, src: Mac, tags: &[Tag]) -> V
 
 /// A DHCP request or reply, at times changed in the fields the rules look at.
 fn random_dhcp(rng: &mut StdRng, g: &Gen, dst: Mac, src: Mac, tags: &[Tag]) -> Vec<u8> {
-    let (mut from, mut to, mut op) = if rng.gen() { (68, 67, 1) } else { (67, 68, 2) };
+    let (mut from, mut to, mut op) = if rng.r#gen() {
+        (68, 67, 1)
+    } else {
+        (67, 68, 2)
+    };
     if rng.gen_bool(0.1) {
-        let ports = [67, 68, rng.gen()];
+        let ports = [67, 68, rng.r#gen()];
         from = ports[rng.gen_range(0..3)];
-        let ports = [67, 68, rng.gen()];
+        let ports = [67, 68, rng.r#gen()];
         to = ports[rng.gen_range(0..3)];
     }
     if rng.gen_bool(0.08) {
@@ -454,21 +454,21 @@ fn random_dhcp(rng: &mut StdRng, g: &Gen, dst: Mac, src: Mac, tags: &[Tag]) -> V
         ip = ip.options(&random_bytes(rng, len));
     }
     if rng.gen_bool(0.12) {
-        let offset = if rng.gen() {
+        let offset = if rng.r#gen() {
             0
         } else {
             rng.gen_range(1..0x2000)
         };
-        ip = ip.fragment(offset, rng.gen());
+        ip = ip.fragment(offset, rng.r#gen());
     }
     let mut udp = ip.udp(from, to);
     if rng.gen_bool(0.2) {
         udp = udp.no_checksum();
     }
-    let mut d = udp.dhcp(op, g.own_side(rng)).xid(rng.gen());
+    let mut d = udp.dhcp(op, g.own_side(rng)).xid(rng.r#gen());
     d = match rng.gen_range(0..10) {
         0..=3 => d.broadcast(),
-        4 => d.flags(rng.gen()),
+        4 => d.flags(rng.r#gen()),
         _ => d,
     };
     if rng.gen_bool(0.05) {
@@ -523,12 +523,12 @@ fn random_frame(rng: &mut StdRng, g: &Gen) -> Vec<u8> {
             // ARP/RARP with one of htype, ptype, hlen, plen changed.
             let mut body = arp_fields(rng);
             match rng.gen_range(0..4) {
-                0 => body[0..2].copy_from_slice(&rng.gen::<[u8; 2]>()),
-                1 => body[2..4].copy_from_slice(&rng.gen::<[u8; 2]>()),
-                2 => body[4] = rng.gen(),
-                _ => body[5] = rng.gen(),
+                0 => body[0..2].copy_from_slice(&rng.r#gen::<[u8; 2]>()),
+                1 => body[2..4].copy_from_slice(&rng.r#gen::<[u8; 2]>()),
+                2 => body[4] = rng.r#gen(),
+                _ => body[5] = rng.r#gen(),
             }
-            let et = if rng.gen() { 0x0806 } else { 0x8035 };
+            let et = if rng.r#gen() { 0x0806 } else { 0x8035 };
             ethernet(dst, src, &tags, et, &body)
         }
         42..=71 => random_ipv6(rng, g, dst, src, &tags),
@@ -542,7 +542,7 @@ fn random_frame(rng: &mut StdRng, g: &Gen) -> Vec<u8> {
                 4 => 0x8100,
                 5 => 0x88a8,
                 6 => 0x88cc,
-                _ => rng.gen(),
+                _ => rng.r#gen(),
             };
             let len = rng.gen_range(0..60);
             ethernet(dst, src, &tags, et, &random_bytes(rng, len))
@@ -554,13 +554,13 @@ fn random_frame(rng: &mut StdRng, g: &Gen) -> Vec<u8> {
 fn mutate(rng: &mut StdRng, mut frame: Vec<u8>) -> Vec<u8> {
     if rng.gen_bool(0.3) && !frame.is_empty() {
         for _ in 0..rng.gen_range(1..=4) {
-            let at = if rng.gen() {
+            let at = if rng.r#gen() {
                 rng.gen_range(0..frame.len().min(60))
             } else {
                 rng.gen_range(0..frame.len())
             };
-            if rng.gen() {
-                frame[at] = rng.gen();
+            if rng.r#gen() {
+                frame[at] = rng.r#gen();
             } else {
                 frame[at] ^= 1 << rng.gen_range(0..8);
             }
@@ -576,7 +576,7 @@ fn mutate(rng: &mut StdRng, mut frame: Vec<u8>) -> Vec<u8> {
     }
     if rng.gen_bool(0.15) {
         for _ in 0..rng.gen_range(1..=40) {
-            frame.push(rng.gen());
+            frame.push(rng.r#gen());
         }
     }
     frame
@@ -601,7 +601,7 @@ fn refused(xdp: bool, frame: &[u8]) -> bool {
 
 /// Drains the event ring buffer (an aya `RingBuf`) into a Vec.
 macro_rules! events {
-    ($ring:expr) => {{
+    ($ring:expr_2021) => {{
         let mut v: Vec<Event> = Vec::new();
         while let Some(item) = $ring.next() {
             assert_eq!(item.len(), std::mem::size_of::<Event>());

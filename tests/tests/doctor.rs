@@ -13,8 +13,8 @@ use std::{
 
 use mat_loader::Dataplane;
 use mat_tests::{
-    daemon::{mac_str, mat_binary, stderr, Daemon, TempDir, POOL},
-    topology::{parse_mac, Lab},
+    daemon::{Daemon, POOL, TempDir, mac_str, mat_binary, stderr},
+    topology::{Lab, parse_mac},
 };
 use serde_json::Value;
 

@@ -18,7 +18,7 @@
 use std::{collections::BTreeMap, path::PathBuf, thread, time::Duration, time::Instant};
 
 use mat_common::{
-    counters::{Hook, Outcome, HOOKS, OUTCOMES},
+    counters::{HOOKS, Hook, OUTCOMES, Outcome},
     maps::{Binding, BindingKey, UPLINK_IFINDEX},
     pool::PoolPrefix,
 };
@@ -26,9 +26,9 @@ use mat_loader::{Counters, Dataplane, Mode, Program};
 use mat_tests::{
     capture::{Addrs, Capture, Report},
     frames::Mac,
-    pins::{unique, TestDataplane},
+    pins::{TestDataplane, unique},
     topology::{
-        fmt_mac, neighbour, neighbour6, ping, ping_scoped, tcp_transfer, wait_ipv6_ready, Lab,
+        Lab, fmt_mac, neighbour, neighbour6, ping, ping_scoped, tcp_transfer, wait_ipv6_ready,
     },
 };
 
@@ -510,9 +510,11 @@ fn data_plane_outlives_its_loader() {
         .map(mat_tests::capture::Captured::addrs)
         .collect();
     assert!(addrs.iter().any(|a| a.src == outside(0)));
-    assert!(addrs
-        .iter()
-        .any(|a| a.arp.is_some_and(|arp| arp.sha == outside(0))));
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.arp.is_some_and(|arp| arp.sha == outside(0)))
+    );
     assert!(
         addrs.iter().all(|a| !a.all().contains(&vm.mac)),
         "inside MAC beyond the uplink"

@@ -14,9 +14,9 @@ use std::{
 
 use mat_tests::{
     capture::{Capture, Report},
-    daemon::{mac_str, Daemon, POOL},
+    daemon::{Daemon, POOL, mac_str},
     frames::Mac,
-    topology::{fmt_mac, neighbour, ping, Lab, SecondHypervisor, PEER_IP, PREFIX_LEN},
+    topology::{Lab, PEER_IP, PREFIX_LEN, SecondHypervisor, fmt_mac, neighbour, ping},
 };
 
 /// Gratuitous ARP requests for `ip` from `mac` in a capture.

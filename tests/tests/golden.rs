@@ -16,16 +16,16 @@ use mat_common::{
     counters::{Hook, Outcome},
     event::{Event, EventKind},
     maps::{
-        BindingKey, BINDING_ANNOUNCE, BINDING_PORT_SECURITY, SETTING_DHCP_TRANSLATE, UPLINK_IFINDEX,
+        BINDING_ANNOUNCE, BINDING_PORT_SECURITY, BindingKey, SETTING_DHCP_TRANSLATE, UPLINK_IFINDEX,
     },
     pool::PoolPrefix,
 };
-use mat_loader::{test_run, Dataplane, Program};
+use mat_loader::{Dataplane, Program, test_run};
 use mat_tests::{
     frames::{
-        arp, arp_body, dot1ad, dot1q, ethernet, ipv4_udp, rarp, verify_checksum, Frame, Ipv6Addr,
-        Mac, Tag, BOOTREPLY, BOOTREQUEST, BROADCAST, DHCP_CLIENT, DHCP_SERVER, ETH_P_RARP,
-        HOP_BY_HOP, NA_OVERRIDE, NA_SOLICITED, ZERO,
+        BOOTREPLY, BOOTREQUEST, BROADCAST, DHCP_CLIENT, DHCP_SERVER, ETH_P_RARP, Frame, HOP_BY_HOP,
+        Ipv6Addr, Mac, NA_OVERRIDE, NA_SOLICITED, Tag, ZERO, arp, arp_body, dot1ad, dot1q,
+        ethernet, ipv4_udp, rarp, verify_checksum,
     },
     pins::TestDataplane,
 };
@@ -943,10 +943,10 @@ fn check(dp: &Dataplane, fds: &Fds, c: &Case) -> Option<String> {
                     ));
                 }
                 // A rewritten ND or DHCP frame: its checksum, recomputed from scratch.
-                if matches!(c.expect, Expect::Pass(_, NdRewritten | DhcpRewritten)) {
-                    if let Err(e) = verify_checksum(&out.frame) {
-                        errors.push(format!("checksum of the output frame: {e}"));
-                    }
+                if matches!(c.expect, Expect::Pass(_, NdRewritten | DhcpRewritten))
+                    && let Err(e) = verify_checksum(&out.frame)
+                {
+                    errors.push(format!("checksum of the output frame: {e}"));
                 }
             }
         }

@@ -19,14 +19,14 @@ use std::{
 use mat_loader::Dataplane;
 use mat_tests::{
     capture::{Capture, Report},
-    daemon::{bindings, error_code, mac_str, mat_binary, stderr, Daemon, MapEntry, TempDir, POOL},
+    daemon::{Daemon, MapEntry, POOL, TempDir, bindings, error_code, mac_str, mat_binary, stderr},
     frames::{self, BROADCAST, ZERO},
     netns::{ChildGuard, Netns},
     pins::unique,
     tap::Tap,
-    topology::{neighbour, parse_mac, ping, random_inside_mac, Lab, PEER_IP},
+    topology::{Lab, PEER_IP, neighbour, parse_mac, ping, random_inside_mac},
 };
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// rack 1, host 3: the host pool is 02:00:5e:01:03:00/40.
 const PLAN: [&str; 6] = ["--pool", POOL, "--rack", "1", "--host", "3"];
@@ -353,7 +353,7 @@ fn only_taps_and_veths_unless_forced_never_a_bridge_and_port_release() {
 /// Raises this process's soft limit on open files to the hard one (the tests below hold
 /// hundreds of connections).
 fn raise_own_nofile() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     assert!(hard >= 2048, "the hard open-file limit ({hard}) is too low");
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();

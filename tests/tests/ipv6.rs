@@ -16,13 +16,13 @@ use std::{
 use etherparse::{Icmpv6Type, PacketBuilder};
 use mat_tests::{
     capture::{
-        inject, Addrs, Capture, Report, NA_OVERRIDE, ND_NA, ND_NS, ND_SOURCE_LL, ND_TARGET_LL,
+        Addrs, Capture, NA_OVERRIDE, ND_NA, ND_NS, ND_SOURCE_LL, ND_TARGET_LL, Report, inject,
     },
-    daemon::{mac_str, Daemon, POOL},
+    daemon::{Daemon, POOL, mac_str},
     frames::Mac,
     topology::{
-        eui64_link_local, fmt_mac, ipv6_addrs, neighbour6, neighbours6, parse_mac, ping,
-        ping_scoped, wait_ipv6_ready, Lab, SecondHypervisor, Vm, PREFIX_LEN, PREFIX_LEN6,
+        Lab, PREFIX_LEN, PREFIX_LEN6, SecondHypervisor, Vm, eui64_link_local, fmt_mac, ipv6_addrs,
+        neighbour6, neighbours6, parse_mac, ping, ping_scoped, wait_ipv6_ready,
     },
 };
 use serde_json::Value;

@@ -32,10 +32,10 @@ use std::{
 
 use mat_tests::{
     capture::{Addrs, Capture},
-    daemon::{mat_binary, Daemon, POOL},
+    daemon::{Daemon, POOL, mat_binary},
     guest::{self, GuestImage, READY},
-    libvirt::{domain_xml, wait_for_line, Libvirtd, Nic, PingStream},
-    netns::{run, Netns},
+    libvirt::{Libvirtd, Nic, PingStream, domain_xml, wait_for_line},
+    netns::{Netns, run},
     pins::unique,
     topology::{eui64_link_local, fmt_mac, neighbour, neighbour6, parse_mac, ping, ping_scoped},
 };

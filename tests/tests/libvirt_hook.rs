@@ -15,7 +15,7 @@ use std::{
 };
 
 use mat_tests::{
-    daemon::{mat_binary, Daemon, POOL},
+    daemon::{Daemon, POOL, mat_binary},
     netns::Netns,
 };
 use serde_json::Value;
@@ -279,9 +279,11 @@ fn every_operation_of_a_domains_life() {
         &fixture("one-nic.start.xml"),
     );
     assert_ok(&one, "one NIC");
-    assert!(bindings(&d)
-        .iter()
-        .any(|b| b.1 == "vnet2" && b.2 == MAC_ONE));
+    assert!(
+        bindings(&d)
+            .iter()
+            .any(|b| b.1 == "vnet2" && b.2 == MAC_ONE)
+    );
     let rel = hook.run(
         &ns,
         "matg2",

@@ -12,9 +12,9 @@ use std::{
 };
 
 use mat_tests::{
-    daemon::{mac_str, mat_binary, stderr, Daemon, POOL},
+    daemon::{Daemon, POOL, mac_str, mat_binary, stderr},
     netns::Netns,
-    topology::{ping, Lab, PEER_IP},
+    topology::{Lab, PEER_IP, ping},
 };
 use serde_json::Value;
 

@@ -11,13 +11,13 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData};
-use mat_common::maps::{Settings, LAYOUT, SETTING_MONITOR};
+use mat_common::maps::{LAYOUT, SETTING_MONITOR, Settings};
 use mat_tests::{
     capture::inject,
-    daemon::{mac_str, mat_binary, Daemon, POOL},
+    daemon::{Daemon, POOL, mac_str, mat_binary},
     frames::{self, Mac},
     netns::ChildGuard,
-    topology::{ping, Lab, PEER_IP},
+    topology::{Lab, PEER_IP, ping},
 };
 use serde_json::Value;
 

@@ -17,8 +17,8 @@ use std::{
 
 use mat_loader::paths;
 use mat_tests::{
-    daemon::{bindings, mac_str, use_mat_binary, Daemon, TempDir},
-    topology::{neighbour, ping, Lab, PingStream, PEER_IP},
+    daemon::{Daemon, TempDir, bindings, mac_str, use_mat_binary},
+    topology::{Lab, PEER_IP, PingStream, neighbour, ping},
 };
 
 /// The package, and where it is unpacked (`dpkg -x`) for this test process.
@@ -541,13 +541,14 @@ fn allowed_syscalls() -> std::collections::BTreeSet<String> {
     for line in text(&out.stdout).lines() {
         if line.starts_with('@') {
             current = Some(line.trim().to_owned());
-        } else if let (Some(g), Some(item)) = (&current, line.strip_prefix("    ")) {
-            if !item.starts_with('#') && !item.trim().is_empty() {
-                groups
-                    .entry(g.clone())
-                    .or_default()
-                    .push(item.trim().to_owned());
-            }
+        } else if let (Some(g), Some(item)) = (&current, line.strip_prefix("    "))
+            && !item.starts_with('#')
+            && !item.trim().is_empty()
+        {
+            groups
+                .entry(g.clone())
+                .or_default()
+                .push(item.trim().to_owned());
         }
     }
     fn expand(
@@ -635,7 +636,7 @@ fn packaged_daemon_syscalls_pass_the_unit_filter() {
     d.cli_ok(&["detach", &vm.port]);
     lab.hv.ip(&["link", "del", &vm.port]);
     std::thread::sleep(Duration::from_millis(1200)); // announcements are 0.5 s apart
-                                                     // SAFETY: kill(2) on the daemon's pid, as above.
+    // SAFETY: kill(2) on the daemon's pid, as above.
     unsafe { libc::kill(daemon, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);
     while Path::new(&format!("/proc/{daemon}")).exists() {

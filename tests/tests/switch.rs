@@ -6,12 +6,11 @@ use std::{collections::BTreeMap, time::Duration};
 
 use mat_loader::{mac::Mac, test_run};
 use mat_switch::{
-    switch_program,
+    RouteSpec, Switch, switch_program,
     views::{CountersView, PortView},
-    RouteSpec, Switch,
 };
 use mat_tests::{
-    frames::{dot1q, ipv4_udp, Mac as Bytes, BROADCAST},
+    frames::{BROADCAST, Mac as Bytes, dot1q, ipv4_udp},
     netns::Netns,
     switch::SwitchGuard,
     topology::ping,
@@ -295,9 +294,11 @@ fn learning_fallback_and_ageing() {
         "301 s: aged out, flooded"
     );
     let expired = b.with(|s| s.learned().unwrap());
-    assert!(expired
-        .iter()
-        .any(|l| l.mac == "52:54:00:77:00:03" && l.expired));
+    assert!(
+        expired
+            .iter()
+            .any(|l| l.mac == "52:54:00:77:00:03" && l.expired)
+    );
     // A flush forgets everything learned; routes stay.
     let n = b.with(|s| s.flush().unwrap());
     assert!(n >= 3, "flushed {n}");

@@ -15,10 +15,10 @@ use mat_common::{
 use mat_loader::Mode;
 use mat_tests::{
     capture::{Addrs, Capture},
-    frames::{arp, Mac, BROADCAST, ZERO},
-    pins::{unique, TestDataplane},
+    frames::{BROADCAST, Mac, ZERO, arp},
+    pins::{TestDataplane, unique},
     tap::Tap,
-    topology::{fmt_mac, neighbour, random_inside_mac, Lab},
+    topology::{Lab, fmt_mac, neighbour, random_inside_mac},
 };
 
 const POOL: [u8; 6] = [0x02, 0x00, 0x5e, 0x01, 0x03, 0x00];

@@ -7,9 +7,9 @@ use std::{fs, thread::sleep, time::Duration};
 
 use mat_common::pool::PoolPrefix;
 use mat_tests::{
-    daemon::{bindings, mac_str, Daemon, POOL},
+    daemon::{Daemon, POOL, bindings, mac_str},
     legacy::pin_layout_1,
-    topology::{neighbour, ping, Lab, PingStream, PEER_IP},
+    topology::{Lab, PEER_IP, PingStream, neighbour, ping},
 };
 use serde_json::Value;
 

@@ -10,13 +10,13 @@ use std::{
 };
 
 use mat_tests::{
-    capture::{inject, Capture},
-    daemon::{bindings, mac_str, mat_binary, Daemon, POOL},
+    capture::{Capture, inject},
+    daemon::{Daemon, POOL, bindings, mac_str, mat_binary},
     frames::Mac,
     netns::Netns,
     topology::{
-        fmt_mac, neighbour, ping, random_inside_mac, Lab, PingStream, SecondHypervisor, PEER_IP,
-        PREFIX_LEN,
+        Lab, PEER_IP, PREFIX_LEN, PingStream, SecondHypervisor, fmt_mac, neighbour, ping,
+        random_inside_mac,
     },
 };
 use serde_json::Value;
@@ -178,10 +178,12 @@ fn uplink_mode_translates_on_the_uplink_and_survives_restarts() {
     let report = port1.stop();
     report.assert_complete("vm1's port");
     assert!(report.outgoing().any(|f| f.addrs().src == vm0.mac));
-    assert!(!report
-        .frames
-        .iter()
-        .any(|f| f.addrs().all().contains(&outside(0))));
+    assert!(
+        !report
+            .frames
+            .iter()
+            .any(|f| f.addrs().all().contains(&outside(0)))
+    );
     assert_eq!(neighbour(&vm0.ns, vm1.ip), Some(vm1.mac));
 
     let stats = d.cli_json(&["stats"]);
@@ -415,9 +417,10 @@ fn a_second_host_with_the_same_rack_and_host_id_is_detected() {
         )),
         "{text}"
     );
-    assert!(d1
-        .cli_ok(&["stats"])
-        .contains("DUPLICATE 02:00:5e:01:03:00"));
+    assert!(
+        d1.cli_ok(&["stats"])
+            .contains("DUPLICATE 02:00:5e:01:03:00")
+    );
 
     // Claims beyond the Ethernet source, from a host whose frames carry its own MAC: an ARP
     // sender in VLAN 7 and an ND target link-layer option, sent into the trunk from hv2's side.
@@ -502,7 +505,9 @@ fn an_uplink_that_comes_back_gets_its_programs_again() {
     assert_eq!(neighbour(&lab.peer.ns, vm.ip), Some(outside(0)));
     let links = d.pin_dir().join("v3/links");
     assert!(links.join(format!("{new_index}-uplink_in")).exists());
-    assert!(!links
-        .join(format!("{}-uplink_in", lab.uplink_index))
-        .exists());
+    assert!(
+        !links
+            .join(format!("{}-uplink_in", lab.uplink_index))
+            .exists()
+    );
 }

@@ -5,12 +5,12 @@
 
 use std::{net::Ipv4Addr, thread::sleep, time::Duration};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{Result, bail, ensure};
 use mat_tests::{
     capture::{Capture, Captured},
-    daemon::{mat_binary, Daemon, POOL},
+    daemon::{Daemon, POOL, mat_binary},
     frames::Mac,
-    topology::{fmt_mac, ping, Lab, PEER_IP},
+    topology::{Lab, PEER_IP, fmt_mac, ping},
 };
 
 pub fn run() -> Result<()> {

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use mat_loader::mac::MacPrefix;
 use mat_switch::{RouteSpec, Switch};
 use mat_tests::{
@@ -36,7 +36,7 @@ use mat_tests::{
     frames::Mac,
     netns::Netns,
     switch::SwitchGuard,
-    topology::{fmt_mac, random_inside_mac, PingStream},
+    topology::{PingStream, fmt_mac, random_inside_mac},
 };
 use serde::Serialize;
 
@@ -439,20 +439,22 @@ fn reachability(f: &Fabric, k: usize) -> (usize, usize, usize, Vec<String>) {
         });
         let workers: Vec<_> = (0..16)
             .map(|_| {
-                s.spawn(|| loop {
-                    let n = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(&(i, ip)) = pairs.get(n) else { break };
-                    if STOP.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let start = t0 + PAIR_SPACING * n as u32;
-                    thread::sleep(start.saturating_duration_since(Instant::now()));
-                    if ping_once(&f.vms[i].ns, ip) {
-                        ok.fetch_add(1, Ordering::SeqCst);
-                    } else {
-                        let vm = &f.vms[i];
-                        let what = format!("vm{i} ({}, rack {}) -> {ip}", vm.ip, vm.rack);
-                        failed.lock().expect("failed pairs").push((i, ip, what));
+                s.spawn(|| {
+                    loop {
+                        let n = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(&(i, ip)) = pairs.get(n) else { break };
+                        if STOP.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let start = t0 + PAIR_SPACING * n as u32;
+                        thread::sleep(start.saturating_duration_since(Instant::now()));
+                        if ping_once(&f.vms[i].ns, ip) {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            let vm = &f.vms[i];
+                            let what = format!("vm{i} ({}, rack {}) -> {ip}", vm.ip, vm.rack);
+                            failed.lock().expect("failed pairs").push((i, ip, what));
+                        }
                     }
                 })
             })

@@ -4,9 +4,9 @@
 
 use super::Host;
 use crate::{
+    Mode,
     doctor::{Check, DoctorView, Finding},
     refusal::Refusal,
-    Mode,
 };
 
 /// Pool use above this share of the capacity is reported.

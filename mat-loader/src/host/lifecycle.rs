@@ -7,15 +7,15 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{Context, Result};
 use tracing::{info, warn};
 
-use super::{flags, now_ms, Host};
+use super::{Host, flags, now_ms};
 use crate::{
-    common::maps::{BindingKey, BINDING_ANNOUNCE, BINDING_PORT_SECURITY},
+    Mode, Program,
+    common::maps::{BINDING_ANNOUNCE, BINDING_PORT_SECURITY, BindingKey},
     mac::Mac,
     ports::{self, LinkInfo},
     refusal::Refusal,
     state::{Change, Port},
     uplink::XdpMode,
-    Mode, Program,
 };
 
 /// How the binding maps differ from the state (see [`Host::map_diff`]).

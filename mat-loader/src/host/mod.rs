@@ -22,6 +22,7 @@ use anyhow::{Context, Result};
 use tracing::{info, warn};
 
 use crate::{
+    Dataplane, Mode, Program,
     alloc::{Released, Source},
     announce::{self, Announce},
     common::{
@@ -39,7 +40,6 @@ use crate::{
     store::Store,
     uplink::{self, Uplink},
     views::{AttachView, AttachVmView, BindingView, DetachView},
-    Dataplane, Mode, Program,
 };
 
 /// Bind a VM's inside MAC on a port.
@@ -666,7 +666,7 @@ impl Host {
                     return Err(Refusal::new(
                         Code::NotBound,
                         format!("{port} carries none of MAT's programs"),
-                    ))
+                    ));
                 }
                 None => return Err(unknown_port(port)),
             },

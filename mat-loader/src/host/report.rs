@@ -6,15 +6,15 @@ use std::{
     time::UNIX_EPOCH,
 };
 
-use super::{now_ms, Host, PortState};
+use super::{Host, PortState, now_ms};
 use crate::{
+    Counters,
     decode::{self, DecodeView, HeldDown, Status},
     mac::Mac,
     plan::Route,
     refusal::Refusal,
     state::Binding,
     views::{BindingView, BoundView, FreeView, HeldView, ListView, ModeView, PlanView},
-    Counters,
 };
 
 impl Host {

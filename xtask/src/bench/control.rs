@@ -30,8 +30,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use mat_loader::{
+    Mode,
     alloc::Released,
     client::Client,
     common::maps::LAYOUT,
@@ -40,11 +41,10 @@ use mat_loader::{
     proto::Request,
     state::{Binding, Change, Port},
     store::Store,
-    Mode,
 };
 use mat_tests::{netns::Netns, pins::unique};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::stats::{median, percentile};
 
@@ -269,10 +269,10 @@ impl Daemon {
         let deadline = start + PATIENCE;
         loop {
             // The daemon binds its socket before it reconciles and answers once it is ready.
-            if let Ok(mut c) = Client::connect(&d.socket, PATIENCE) {
-                if c.call::<Value>(&Request::Routes {}).is_ok() {
-                    return Ok((d, start.elapsed().as_secs_f64()));
-                }
+            if let Ok(mut c) = Client::connect(&d.socket, PATIENCE)
+                && c.call::<Value>(&Request::Routes {}).is_ok()
+            {
+                return Ok((d, start.elapsed().as_secs_f64()));
             }
             if let Some(status) = d.child.try_wait()? {
                 bail!("mat daemon exited: {status}");
@@ -629,10 +629,10 @@ impl Pins {
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        if self.0.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&self.0) {
-                eprintln!("removing {}: {e}", self.0.display());
-            }
+        if self.0.exists()
+            && let Err(e) = std::fs::remove_dir_all(&self.0)
+        {
+            eprintln!("removing {}: {e}", self.0.display());
         }
     }
 }

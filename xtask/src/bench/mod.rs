@@ -11,7 +11,7 @@ mod traffic;
 
 use std::{fmt::Write as _, path::PathBuf, time::Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 /// A part of the bench: its figures, or why there are none.

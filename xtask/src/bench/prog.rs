@@ -15,16 +15,16 @@
 
 use std::os::fd::AsFd;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use mat_common::{
+    MacAddr,
     counters::{Hook, Outcome},
     maps::{SETTING_DHCP_TRANSLATE, SETTING_MONITOR, UPLINK_IFINDEX},
     pool::PoolPrefix,
-    MacAddr,
 };
-use mat_loader::{test_run, Counters, Program};
+use mat_loader::{Counters, Program, test_run};
 use mat_tests::{
-    frames::{self, dot1ad, dot1q, BROADCAST, ZERO},
+    frames::{self, BROADCAST, ZERO, dot1ad, dot1q},
     pins::TestDataplane,
 };
 use serde::Serialize;

@@ -23,12 +23,12 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use mat_common::maps::UPLINK_IFINDEX;
 use mat_loader::Mode;
 use mat_tests::{
     netns::{ChildGuard, Netns},
-    pins::{unique, TestDataplane},
+    pins::{TestDataplane, unique},
 };
 use serde::Serialize;
 

@@ -5,7 +5,7 @@
 
 use std::{fs, path::Path, process::Command};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 
 /// Binaries that show the libvirt packages are installed.
 const LIBVIRT: &[(&str, &str)] = &[

@@ -6,8 +6,8 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use mat_loader::{
-    cli, client, config, decode, generate::Generate, libvirt, mac::Mac, proto::Request, store,
-    DEFAULT_SOCKET,
+    DEFAULT_SOCKET, cli, client, config, decode, generate::Generate, libvirt, mac::Mac,
+    proto::Request, store,
 };
 
 #[derive(Parser)]

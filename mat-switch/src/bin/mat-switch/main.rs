@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mat_loader::{mac::MacPrefix, plan::Scope};
 use mat_switch::{
-    views::{CountersView, LearnedView, PortView, RouteView},
     PortSpec, RouteSpec, Switch,
+    views::{CountersView, LearnedView, PortView, RouteView},
 };
 use serde::Serialize;
 

@@ -71,6 +71,17 @@ pub fn cargo_binary(package: &str, bin: &str, features: &[&str]) -> PathBuf {
         .unwrap_or_else(|| panic!("cargo reported no executable for {bin}"))
 }
 
+/// The packets a data-plane counter counted, from `mat stats --json` (`hook`, `outcome`).
+pub fn counter(stats: &serde_json::Value, hook: &str, outcome: &str) -> u64 {
+    stats["counters"]
+        .as_array()
+        .expect("counters")
+        .iter()
+        .find(|c| c["hook"] == hook && c["outcome"] == outcome)
+        .and_then(|c| c["packets"].as_u64())
+        .unwrap_or_else(|| panic!("no counter {hook}/{outcome}"))
+}
+
 /// A binding map entry: (ifindex, key MAC, value MAC).
 pub type MapEntry = (u32, Mac, Mac);
 

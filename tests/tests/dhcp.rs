@@ -30,7 +30,7 @@ use std::{
 
 use mat_tests::{
     capture::{Capture, DhcpAddrs, Report},
-    daemon::{Daemon, POOL, TempDir, mac_str},
+    daemon::{Daemon, POOL, TempDir, counter, mac_str},
     frames::Mac,
     netns::{ChildGuard, Netns},
     topology::{
@@ -267,16 +267,6 @@ impl Hosts {
     }
 }
 
-fn counter(d: &Daemon, hook: &str, outcome: &str) -> u64 {
-    d.cli_json(&["stats"])["counters"]
-        .as_array()
-        .expect("counters")
-        .iter()
-        .find(|c| c["hook"] == hook && c["outcome"] == outcome)
-        .and_then(|c| c["packets"].as_u64())
-        .unwrap_or_else(|| panic!("no counter {hook}/{outcome}"))
-}
-
 /// DHCP messages with their Ethernet source and destination.
 type Messages = Vec<(Mac, Mac, DhcpAddrs)>;
 
@@ -378,7 +368,13 @@ fn the_lease_follows_the_vm_with_chaddr_kept() {
         server.leases(),
         [(vm.mac, first.ip, format!("01:{}", fmt_mac(&vm.mac)))]
     );
-    assert!(counter(&h.d1, "port-from-vm-tc", "dhcp_rewritten") >= 2);
+    assert!(
+        counter(
+            &h.d1.cli_json(&["stats"]),
+            "port-from-vm-tc",
+            "dhcp_rewritten"
+        ) >= 2
+    );
     h.use_lease(&first, out1);
 
     let out2 = h.move_vm();
@@ -387,7 +383,13 @@ fn the_lease_follows_the_vm_with_chaddr_kept() {
     assert!(at_peer.iter().all(|(src, _, _)| *src != out1));
     assert_eq!(second, first, "the same address on the new hypervisor");
     assert_eq!(server.leases().len(), 1, "{:?}", server.leases());
-    assert!(counter(&h.d2, "port-from-vm-tc", "dhcp_rewritten") >= 2);
+    assert!(
+        counter(
+            &h.d2.cli_json(&["stats"]),
+            "port-from-vm-tc",
+            "dhcp_rewritten"
+        ) >= 2
+    );
     h.use_lease(&second, out2);
     eprintln!(
         "the_lease_follows_the_vm_with_chaddr_kept: {:?}",
@@ -434,8 +436,20 @@ fn chaddr_translated_the_server_sees_outside_macs() {
             assert_eq!(*dst, vm.mac, "{d:?}");
         }
         assert_eq!(server.leases(), [(out1, first.ip, clid(vm.mac))]);
-        assert!(counter(&h.d1, "port-from-vm-tc", "dhcp_rewritten") >= 2);
-        assert!(counter(&h.d1, "port-to-vm-tc", "dhcp_rewritten") >= 2);
+        assert!(
+            counter(
+                &h.d1.cli_json(&["stats"]),
+                "port-from-vm-tc",
+                "dhcp_rewritten"
+            ) >= 2
+        );
+        assert!(
+            counter(
+                &h.d1.cli_json(&["stats"]),
+                "port-to-vm-tc",
+                "dhcp_rewritten"
+            ) >= 2
+        );
         h.use_lease(&first, out1);
 
         let out2 = h.move_vm();
@@ -457,7 +471,13 @@ fn chaddr_translated_the_server_sees_outside_macs() {
             want.sort();
             assert_eq!(leases, want);
         }
-        assert!(counter(&h.d2, "port-to-vm-tc", "dhcp_rewritten") >= 2);
+        assert!(
+            counter(
+                &h.d2.cli_json(&["stats"]),
+                "port-to-vm-tc",
+                "dhcp_rewritten"
+            ) >= 2
+        );
         h.use_lease(&second, out2);
         eprintln!("client identifier {client_id}: {first:?} then {second:?}");
     }

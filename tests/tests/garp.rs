@@ -14,7 +14,7 @@ use std::{
 
 use mat_tests::{
     capture::{Capture, Report},
-    daemon::{Daemon, POOL, mac_str},
+    daemon::{Daemon, POOL, counter, mac_str},
     frames::Mac,
     topology::{Lab, PEER_IP, PREFIX_LEN, SecondHypervisor, fmt_mac, neighbour, ping},
 };
@@ -36,16 +36,6 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Dura
         sleep(Duration::from_millis(5));
     }
     start.elapsed()
-}
-
-fn counter(stats: &serde_json::Value, hook: &str, outcome: &str) -> u64 {
-    stats["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["hook"] == hook && c["outcome"] == outcome)
-        .and_then(|c| c["packets"].as_u64())
-        .unwrap_or_else(|| panic!("no counter {hook}/{outcome}"))
 }
 
 #[test]

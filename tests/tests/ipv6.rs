@@ -18,7 +18,7 @@ use mat_tests::{
     capture::{
         Addrs, Capture, NA_OVERRIDE, ND_NA, ND_NS, ND_SOURCE_LL, ND_TARGET_LL, Report, inject,
     },
-    daemon::{Daemon, POOL, mac_str},
+    daemon::{Daemon, POOL, counter, mac_str},
     frames::Mac,
     topology::{
         Lab, PREFIX_LEN, PREFIX_LEN6, SecondHypervisor, Vm, eui64_link_local, fmt_mac, ipv6_addrs,
@@ -46,17 +46,6 @@ fn attach_port(d: &Daemon, port: &str, vm: &Vm, name: &str, extra: &[&str]) -> M
     let mut args = vec!["attach", port, "--mac", &mac, "--vm", name];
     args.extend_from_slice(extra);
     parse_mac(d.cli_ok(&args).trim()).expect("attach prints the outside MAC")
-}
-
-/// The data plane's counter `hook`/`outcome`, from `mat stats --json`.
-fn counter(d: &Daemon, hook: &str, outcome: &str) -> u64 {
-    d.cli_json(&["stats"])["counters"]
-        .as_array()
-        .expect("counters")
-        .iter()
-        .find(|c| c["hook"] == hook && c["outcome"] == outcome)
-        .and_then(|c| c["packets"].as_u64())
-        .unwrap_or_else(|| panic!("no counter {hook}/{outcome}"))
 }
 
 /// The sum of `outcome` over every program.
@@ -291,14 +280,14 @@ fn ping_over_ipv6_through_mat() {
         own.is_empty(),
         "VM 0 heard NAs for its own addresses: {own:?}"
     );
-    assert!(counter(&d, "port-to-vm-tc", "reflected") >= 4);
+    assert!(counter(&d.cli_json(&["stats"]), "port-to-vm-tc", "reflected") >= 4);
     // What the VMs received carries their own inside MACs only, never their outside MACs.
     for (report, out) in [(&vm0_seen, out0), (&vm1_seen, out1)] {
         for f in report.incoming() {
             assert!(!f.addrs().all().contains(&out), "{:?}", f.addrs());
         }
     }
-    assert!(counter(&d, "port-from-vm-tc", "nd_rewritten") > 0);
+    assert!(counter(&d.cli_json(&["stats"]), "port-from-vm-tc", "nd_rewritten") > 0);
     for outcome in ["port_security_dropped", "spoof_dropped", "malformed"] {
         assert_eq!(total(&d, outcome), 0, "{outcome}: genuine traffic dropped");
     }
@@ -344,8 +333,12 @@ fn a_spoofed_neighbor_advertisement_never_reaches_the_peer() {
     assert_eq!(neighbour6(&peer.ns, victim.ip6), Some(victim_out));
 
     let cap = Capture::in_netns(&peer.ns, &peer.ifname);
-    let psd = counter(&d, "port-from-vm-tc", "port_security_dropped");
-    let spoof = counter(&d, "port-from-vm-tc", "spoof_dropped");
+    let psd = counter(
+        &d.cli_json(&["stats"]),
+        "port-from-vm-tc",
+        "port_security_dropped",
+    );
+    let spoof = counter(&d.cli_json(&["stats"]), "port-from-vm-tc", "spoof_dropped");
     for tllao in [victim_out, victim.mac] {
         inject(
             &attacker.ns,
@@ -355,7 +348,11 @@ fn a_spoofed_neighbor_advertisement_never_reaches_the_peer() {
     }
     sleep(Duration::from_millis(300));
     assert_eq!(
-        counter(&d, "port-from-vm-tc", "port_security_dropped") - psd,
+        counter(
+            &d.cli_json(&["stats"]),
+            "port-from-vm-tc",
+            "port_security_dropped"
+        ) - psd,
         2,
         "both claims dropped by port security"
     );
@@ -386,7 +383,7 @@ fn a_spoofed_neighbor_advertisement_never_reaches_the_peer() {
     );
     sleep(Duration::from_millis(200));
     assert_eq!(
-        counter(&d, "port-from-vm-tc", "spoof_dropped") - spoof,
+        counter(&d.cli_json(&["stats"]), "port-from-vm-tc", "spoof_dropped") - spoof,
         1,
         "another VM's outside MAC is a spoof without port security too"
     );
@@ -410,7 +407,11 @@ fn a_spoofed_neighbor_advertisement_never_reaches_the_peer() {
     assert_eq!(passed.len(), 1, "{passed:?}");
     assert_eq!(passed[0].src, open_out);
     assert_eq!(
-        counter(&d, "port-from-vm-tc", "port_security_dropped") - psd,
+        counter(
+            &d.cli_json(&["stats"]),
+            "port-from-vm-tc",
+            "port_security_dropped"
+        ) - psd,
         2
     );
     eprintln!(

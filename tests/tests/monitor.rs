@@ -14,7 +14,7 @@ use aya::maps::{Array, Map, MapData};
 use mat_common::maps::{LAYOUT, SETTING_MONITOR, Settings};
 use mat_tests::{
     capture::inject,
-    daemon::{Daemon, POOL, mac_str, mat_binary},
+    daemon::{Daemon, POOL, counter, mac_str, mat_binary},
     frames::{self, Mac},
     netns::ChildGuard,
     topology::{Lab, PEER_IP, ping},
@@ -247,16 +247,6 @@ fn each_drop_reason_shows_once_and_only_while_watched() {
     wait("the monitor flag off", || {
         settings(d.pin_dir()) & SETTING_MONITOR == 0
     });
-}
-
-fn counter(stats: &Value, hook: &str, outcome: &str) -> u64 {
-    stats["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["hook"] == hook && c["outcome"] == outcome)
-        .map(|c| c["packets"].as_u64().unwrap())
-        .sum()
 }
 
 /// A MAC as the hex of a frame's bytes.

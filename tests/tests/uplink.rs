@@ -11,7 +11,7 @@ use std::{
 
 use mat_tests::{
     capture::{Capture, inject},
-    daemon::{Daemon, POOL, bindings, mac_str, mat_binary},
+    daemon::{Daemon, POOL, bindings, counter, mac_str, mat_binary},
     frames::Mac,
     netns::Netns,
     topology::{
@@ -32,16 +32,6 @@ fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = PLAN.to_vec();
     a.extend_from_slice(extra);
     a
-}
-
-fn counter(stats: &Value, hook: &str, outcome: &str) -> u64 {
-    stats["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["hook"] == hook && c["outcome"] == outcome)
-        .and_then(|c| c["packets"].as_u64())
-        .unwrap_or_else(|| panic!("no counter {hook}/{outcome}"))
 }
 
 /// Polls `f` every 20 ms until it holds; panics after `timeout`. Returns how long it took.
